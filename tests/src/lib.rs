@@ -2,6 +2,8 @@
 //! benchmarks: validator sets with known keys, signed QCs and chains of
 //! certified headers built with the real signing code.
 
+pub mod bench;
+
 use luxtensor_light::chain_spec::{self, GenesisValidator, TOKEN};
 use luxtensor_light::{
     B256, BlsSecretKey, BlsSignature, CertifiedHeader, ChainSpec, Header, QuorumCert,

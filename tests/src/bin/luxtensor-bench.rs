@@ -1,1 +1,111 @@
-fn main(){}
+//! `luxtensor-bench <scenario> [--quick]`: runs a named benchmark scenario and
+//! prints one JSON line per figure. Build it in release mode:
+//! `cargo run --release -p luxtensor-tests --bin luxtensor-bench -- qc-verify`.
+
+use luxtensor_tests::bench::{interleaved_median_us, median_us, report};
+use std::hint::black_box;
+use std::process::ExitCode;
+
+const SCENARIOS: &[(&str, &str)] = &[("qc-verify", "QC verification: single, batched, and its parts")];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let scenario = args.iter().find(|a| !a.starts_with("--"));
+    match scenario.map(String::as_str) {
+        Some("qc-verify") => qc_verify(quick),
+        other => {
+            if let Some(name) = other {
+                eprintln!("unknown scenario `{name}`");
+            }
+            eprintln!("usage: luxtensor-bench <scenario> [--quick]\n\nscenarios:");
+            for (name, what) in SCENARIOS {
+                eprintln!("  {name:<12} {what}");
+            }
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// 100 validators, QCs of 67 signers, keys decoded once in the set.
+fn qc_verify(quick: bool) {
+    use blst::min_pk::{AggregatePublicKey, Signature};
+    use luxtensor_light::{B256, bls, qc::verify_batch};
+
+    const BENCH: &str = "qc-verify";
+    let (rounds, iters) = if quick { (3, 5) } else { (7, 40) };
+    let batch_len = if quick { 16 } else { 128 };
+    let v = luxtensor_tests::Validators::devnet(100);
+    let chain_id = v.spec.chain_id;
+    let signers: Vec<usize> = (0..67).collect();
+
+    // The physical floor: one signature, one key, one message, all decoded.
+    let root = bls::vote_signing_root(chain_id, 1, &B256::repeat_byte(1));
+    let sig = Signature::from_bytes(v.keys[0].sign(&root).as_slice()).unwrap();
+    let pk = &v.set.decoded_keys()[0];
+    let qc = v.qc(1, B256::repeat_byte(1), &signers);
+    let qcs: Vec<_> = (0..batch_len as u64)
+        .map(|s| v.qc(s, B256::repeat_byte(s as u8), &signers))
+        .collect();
+    let items: Vec<_> = qcs.iter().map(|q| (q, &v.set)).collect();
+    let seed = std::cell::Cell::new(0u8);
+    let next_seed = || {
+        seed.set(seed.get().wrapping_add(1));
+        [seed.get(); 32]
+    };
+
+    // Bare verify and the QC check alternate, so their ratio is measured
+    // under the same machine load.
+    let [bare, single] = interleaved_median_us(rounds, iters, &mut [
+        &mut || {
+            let r = sig.verify(true, root.as_slice(), bls::SIGNATURE_DST, &[], pk, false);
+            assert_eq!(black_box(r), blst::BLST_ERROR::BLST_SUCCESS);
+        },
+        &mut || {
+            black_box(qc.verify(&v.set, chain_id)).unwrap();
+        },
+    ])[..] else { unreachable!() };
+    report(BENCH, "blst_verify_us", bare, "us");
+    report(BENCH, "single_us", single, "us");
+    report(BENCH, "single_over_blst_verify", single / bare, "ratio");
+
+    // One batch on one core, then the same batch split over two threads
+    // (each half is an independent batch; the core crate spawns no threads).
+    let [batch, batch_2cores] = interleaved_median_us(rounds.min(5), 1, &mut [
+        &mut || {
+            black_box(verify_batch(&items, chain_id, next_seed())).unwrap();
+        },
+        &mut || {
+            let (a, b) = items.split_at(items.len() / 2);
+            let (seed_a, seed_b) = (next_seed(), next_seed());
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| verify_batch(b, chain_id, seed_b));
+                verify_batch(a, chain_id, seed_a).unwrap();
+                other.join().unwrap().unwrap();
+            });
+        },
+    ])[..] else { unreachable!() };
+    let n = batch_len as f64;
+    report(BENCH, &format!("batch{batch_len}_us_per_qc"), batch / n, "us");
+    report(BENCH, "batch_over_single", batch / n / single, "ratio");
+    report(BENCH, &format!("batch{batch_len}_2cores_us_per_qc"), batch_2cores / n, "us");
+
+    let keys: Vec<_> = signers.iter().map(|&i| &v.set.decoded_keys()[i]).collect();
+    let aggregate = median_us(rounds, iters * 10, || {
+        black_box(AggregatePublicKey::aggregate(&keys, false).unwrap());
+    });
+    report(BENCH, "aggregate_pubkeys_us", aggregate, "us");
+
+    let compressed = v.set.validators()[1].public_key;
+    let decode = median_us(rounds, iters * 10, || {
+        black_box(bls::decode_public_key(&compressed).unwrap());
+    });
+    report(BENCH, "decode_pubkey_us", decode, "us");
+
+    let sig_bytes = qc.signature;
+    let decode_sig = median_us(rounds, iters * 10, || {
+        black_box(bls::decode_signature(&sig_bytes).unwrap());
+    });
+    report(BENCH, "decode_signature_us", decode_sig, "us");
+}
