@@ -5,9 +5,9 @@ use crate::evidence::Evidence;
 use crate::header::SignedHeader;
 use crate::transaction::SignedTransaction;
 use alloy_eips::eip2718::Encodable2718;
-use alloy_trie::root::ordered_trie_root_with_encoder;
 use alloy_primitives::{B256, keccak256};
 use alloy_rlp::{RlpDecodable, RlpEncodable};
+use alloy_trie::root::ordered_trie_root_with_encoder;
 
 /// A full block as it is stored and served.
 #[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
@@ -56,11 +56,17 @@ impl Block {
     pub fn verify_body(&self) -> Result<(), BodyError> {
         let body = transactions_root(&self.transactions);
         if body != self.header.transactions_root {
-            return Err(BodyError::TransactionsRoot { header: self.header.transactions_root, body });
+            return Err(BodyError::TransactionsRoot {
+                header: self.header.transactions_root,
+                body,
+            });
         }
         let body = evidence_hash(&self.evidence);
         if body != self.header.evidence_hash {
-            return Err(BodyError::EvidenceHash { header: self.header.evidence_hash, body });
+            return Err(BodyError::EvidenceHash {
+                header: self.header.evidence_hash,
+                body,
+            });
         }
         Ok(())
     }

@@ -101,7 +101,14 @@ pub fn verify(
     signature: &BlsSignature,
 ) -> Result<(), BlsError> {
     let signature = decode_signature(signature)?;
-    match signature.verify(true, signing_root.as_slice(), SIGNATURE_DST, &[], public_key, false) {
+    match signature.verify(
+        true,
+        signing_root.as_slice(),
+        SIGNATURE_DST,
+        &[],
+        public_key,
+        false,
+    ) {
         BLST_ERROR::BLST_SUCCESS => Ok(()),
         _ => Err(BlsError::VerificationFailed),
     }
@@ -138,12 +145,16 @@ impl std::fmt::Debug for BlsSecretKey {
 impl BlsSecretKey {
     /// Derives a key from at least 32 bytes of key material (IETF `KeyGen`).
     pub fn from_key_material(ikm: &[u8]) -> Result<Self, BlsError> {
-        SecretKey::key_gen(ikm, &[]).map(Self).map_err(|_| BlsError::ShortKeyMaterial)
+        SecretKey::key_gen(ikm, &[])
+            .map(Self)
+            .map_err(|_| BlsError::ShortKeyMaterial)
     }
 
     /// Restores a key from its 32-byte big-endian scalar.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BlsError> {
-        SecretKey::from_bytes(bytes).map(Self).map_err(BlsError::InvalidPublicKey)
+        SecretKey::from_bytes(bytes)
+            .map(Self)
+            .map_err(BlsError::InvalidPublicKey)
     }
 
     /// The 32-byte big-endian scalar, for storing the key.
@@ -158,7 +169,11 @@ impl BlsSecretKey {
 
     /// Signs a signing root (see [`signing_root`]).
     pub fn sign(&self, signing_root: &B256) -> BlsSignature {
-        BlsSignature::from(self.0.sign(signing_root.as_slice(), SIGNATURE_DST, &[]).compress())
+        BlsSignature::from(
+            self.0
+                .sign(signing_root.as_slice(), SIGNATURE_DST, &[])
+                .compress(),
+        )
     }
 
     /// The proof of possession to submit when registering this key on `chain_id`.
@@ -183,23 +198,38 @@ mod tests {
         let pk = decode_public_key(&key(1).public_key()).unwrap();
         assert_eq!(verify(&pk, &root, &sig), Ok(()));
         let other_slot = vote_signing_root(7, 11, &B256::repeat_byte(1));
-        assert_eq!(verify(&pk, &other_slot, &sig), Err(BlsError::VerificationFailed));
+        assert_eq!(
+            verify(&pk, &other_slot, &sig),
+            Err(BlsError::VerificationFailed)
+        );
         let other_chain = vote_signing_root(8, 10, &B256::repeat_byte(1));
-        assert_eq!(verify(&pk, &other_chain, &sig), Err(BlsError::VerificationFailed));
+        assert_eq!(
+            verify(&pk, &other_chain, &sig),
+            Err(BlsError::VerificationFailed)
+        );
         let other_key = decode_public_key(&key(2).public_key()).unwrap();
-        assert_eq!(verify(&other_key, &root, &sig), Err(BlsError::VerificationFailed));
+        assert_eq!(
+            verify(&other_key, &root, &sig),
+            Err(BlsError::VerificationFailed)
+        );
     }
 
     #[test]
     fn domains_separate_vote_and_proposal() {
         let hash = B256::repeat_byte(9);
-        assert_ne!(proposal_signing_root(1, &hash), signing_root(Domain::Vote, 1, &hash));
+        assert_ne!(
+            proposal_signing_root(1, &hash),
+            signing_root(Domain::Vote, 1, &hash)
+        );
     }
 
     #[test]
     fn proof_of_possession_is_bound_to_key_and_chain() {
         let pop = key(1).proof_of_possession(5);
-        assert_eq!(verify_proof_of_possession(5, &key(1).public_key(), &pop), Ok(()));
+        assert_eq!(
+            verify_proof_of_possession(5, &key(1).public_key(), &pop),
+            Ok(())
+        );
         assert_eq!(
             verify_proof_of_possession(6, &key(1).public_key(), &pop),
             Err(BlsError::VerificationFailed)
@@ -219,7 +249,10 @@ mod tests {
         assert!(decode_public_key(&BlsPublicKey::ZERO).is_err());
         assert!(decode_public_key(&BlsPublicKey::repeat_byte(0xff)).is_err());
         assert!(decode_signature(&BlsSignature::repeat_byte(0xff)).is_err());
-        assert_eq!(BlsSecretKey::from_key_material(&[1; 31]).unwrap_err(), BlsError::ShortKeyMaterial);
+        assert_eq!(
+            BlsSecretKey::from_key_material(&[1; 31]).unwrap_err(),
+            BlsError::ShortKeyMaterial
+        );
     }
 
     #[test]

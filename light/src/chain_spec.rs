@@ -128,7 +128,10 @@ pub enum SpecError {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
-    SpecError::Invalid { field, reason: reason.into() }
+    SpecError::Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 impl ChainSpec {
@@ -179,36 +182,61 @@ impl ChainSpec {
         if self.withdrawal_delay_epochs < r.exit_delay_epochs {
             return Err(invalid(
                 "withdrawal_delay_epochs",
-                format!("must be at least exit_delay_epochs ({})", r.exit_delay_epochs),
+                format!(
+                    "must be at least exit_delay_epochs ({})",
+                    r.exit_delay_epochs
+                ),
             ));
         }
         if self.gas_limit < 21_000 {
-            return Err(invalid("gas_limit", "must fit at least one transfer (21000)"));
+            return Err(invalid(
+                "gas_limit",
+                "must fit at least one transfer (21000)",
+            ));
         }
         if self.validators.is_empty() {
-            return Err(invalid("validators", "the genesis validator set must not be empty"));
+            return Err(invalid(
+                "validators",
+                "the genesis validator set must not be empty",
+            ));
         }
         if self.validators.len() > r.max_validators as usize {
             return Err(invalid(
                 "validators",
-                format!("{} validators, over max_validators = {}", self.validators.len(), r.max_validators),
+                format!(
+                    "{} validators, over max_validators = {}",
+                    self.validators.len(),
+                    r.max_validators
+                ),
             ));
         }
         for (i, v) in self.validators.iter().enumerate() {
             if v.stake < r.min_stake {
                 return Err(invalid(
                     "validators",
-                    format!("validator {i} stakes {} wei, below min_stake {}", v.stake, r.min_stake),
+                    format!(
+                        "validator {i} stakes {} wei, below min_stake {}",
+                        v.stake, r.min_stake
+                    ),
                 ));
             }
             bls::verify_proof_of_possession(self.chain_id, &v.public_key, &v.proof_of_possession)
-                .map_err(|e| invalid("validators", format!("validator {i}: proof of possession: {e}")))?;
+                .map_err(|e| {
+                invalid(
+                    "validators",
+                    format!("validator {i}: proof of possession: {e}"),
+                )
+            })?;
         }
-        self.genesis_set().map_err(|e| invalid("validators", e.to_string()))?;
+        self.genesis_set()
+            .map_err(|e| invalid("validators", e.to_string()))?;
         let mut seen = HashSet::new();
         for a in &self.balances {
             if !seen.insert(a.address) {
-                return Err(invalid("balances", format!("{} is funded twice", a.address)));
+                return Err(invalid(
+                    "balances",
+                    format!("{} is funded twice", a.address),
+                ));
             }
         }
         Ok(())
@@ -222,14 +250,19 @@ impl ChainSpec {
     fn genesis_validators(&self) -> Vec<Validator> {
         self.validators
             .iter()
-            .map(|v| Validator { owner: v.owner, public_key: v.public_key, stake: v.stake })
+            .map(|v| Validator {
+                owner: v.owner,
+                public_key: v.public_key,
+                stake: v.stake,
+            })
             .collect()
     }
 
     /// Unix time in seconds at the start of `slot`.
     pub fn slot_timestamp(&self, slot: u64) -> u64 {
         let ms = u128::from(slot) * u128::from(self.slot_duration_ms);
-        self.genesis_timestamp.saturating_add(u64::try_from(ms / 1000).unwrap_or(u64::MAX))
+        self.genesis_timestamp
+            .saturating_add(u64::try_from(ms / 1000).unwrap_or(u64::MAX))
     }
 
     /// The epoch a slot belongs to when no finality stall has lengthened an epoch.
@@ -240,7 +273,13 @@ impl ChainSpec {
     /// Root of the genesis account state (funded accounts only).
     pub fn genesis_state_root(&self) -> B256 {
         alloy_trie::root::state_root_unhashed(self.balances.iter().map(|a| {
-            (a.address, Account { balance: a.balance, ..Default::default() })
+            (
+                a.address,
+                Account {
+                    balance: a.balance,
+                    ..Default::default()
+                },
+            )
         }))
     }
 
@@ -314,11 +353,14 @@ pub fn devnet_validator_key(index: u32) -> BlsSecretKey {
 /// Owner of devnet validator `index`: dev account `index`, or past the 20th a
 /// deterministic address.
 pub fn devnet_validator_owner(index: u32) -> Address {
-    DEV_ACCOUNTS.get(index as usize).copied().unwrap_or_else(|| {
-        let mut seed = b"luxtensor devnet owner".to_vec();
-        seed.extend_from_slice(&index.to_be_bytes());
-        Address::from_slice(&keccak256(seed)[12..])
-    })
+    DEV_ACCOUNTS
+        .get(index as usize)
+        .copied()
+        .unwrap_or_else(|| {
+            let mut seed = b"luxtensor devnet owner".to_vec();
+            seed.extend_from_slice(&index.to_be_bytes());
+            Address::from_slice(&keccak256(seed)[12..])
+        })
 }
 
 impl ChainSpec {
@@ -326,7 +368,10 @@ impl ChainSpec {
     /// 32 tokens each, short slots (500 ms) and short epochs (8 slots), and
     /// the 20 development accounts funded with 10,000 tokens each.
     pub fn devnet(validators: u32) -> Self {
-        let rotation = RotationConfig { epoch_length: 8, ..RotationConfig::default() };
+        let rotation = RotationConfig {
+            epoch_length: 8,
+            ..RotationConfig::default()
+        };
         let validators = (0..validators)
             .map(|i| {
                 let key = devnet_validator_key(i);
@@ -349,7 +394,10 @@ impl ChainSpec {
             validators,
             balances: DEV_ACCOUNTS
                 .iter()
-                .map(|&address| GenesisAccount { address, balance: TOKEN * U256::from(10_000) })
+                .map(|&address| GenesisAccount {
+                    address,
+                    balance: TOKEN * U256::from(10_000),
+                })
                 .collect(),
         }
     }
@@ -363,8 +411,14 @@ mod tests {
     fn devnet_spec_is_valid_and_deterministic() {
         let spec = ChainSpec::devnet(4);
         spec.validate().unwrap();
-        assert_eq!(spec.genesis_header().hash(), ChainSpec::devnet(4).genesis_header().hash());
-        assert_ne!(spec.genesis_header().hash(), ChainSpec::devnet(5).genesis_header().hash());
+        assert_eq!(
+            spec.genesis_header().hash(),
+            ChainSpec::devnet(4).genesis_header().hash()
+        );
+        assert_ne!(
+            spec.genesis_header().hash(),
+            ChainSpec::devnet(5).genesis_header().hash()
+        );
         assert_eq!(spec.genesis_set().unwrap().len(), 4);
     }
 
@@ -414,21 +468,42 @@ balance = "1000"
         spec.rotation.activation_delay_epochs = 0;
         assert!(matches!(
             spec.validate(),
-            Err(SpecError::Invalid { field: "rotation.activation_delay_epochs", .. })
+            Err(SpecError::Invalid {
+                field: "rotation.activation_delay_epochs",
+                ..
+            })
         ));
         let mut spec = ChainSpec::devnet(1);
         spec.validators.clear();
-        assert!(matches!(spec.validate(), Err(SpecError::Invalid { field: "validators", .. })));
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::Invalid {
+                field: "validators",
+                ..
+            })
+        ));
         let mut spec = ChainSpec::devnet(1);
         spec.validators[0].stake = U256::from(1);
-        assert!(matches!(spec.validate(), Err(SpecError::Invalid { field: "validators", .. })));
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::Invalid {
+                field: "validators",
+                ..
+            })
+        ));
         // A proof of possession made for another chain id is refused.
         let mut spec = ChainSpec::devnet(1);
         spec.chain_id = 1;
         let err = spec.validate().unwrap_err().to_string();
         assert!(err.contains("proof of possession"), "{err}");
-        assert!(matches!(ChainSpec::from_toml_str("chain_id = \"x\""), Err(SpecError::Toml(_))));
-        assert!(matches!(ChainSpec::from_json_str("{}"), Err(SpecError::Json(_))));
+        assert!(matches!(
+            ChainSpec::from_toml_str("chain_id = \"x\""),
+            Err(SpecError::Toml(_))
+        ));
+        assert!(matches!(
+            ChainSpec::from_json_str("{}"),
+            Err(SpecError::Json(_))
+        ));
     }
 
     #[test]
@@ -439,6 +514,10 @@ balance = "1000"
         assert_eq!(spec.slot_timestamp(3), 1001);
         assert_eq!(spec.slot_timestamp(u64::MAX), 1000 + u64::MAX / 2);
         spec.genesis_timestamp = u64::MAX;
-        assert_eq!(spec.slot_timestamp(10), u64::MAX, "saturates instead of overflowing");
+        assert_eq!(
+            spec.slot_timestamp(10),
+            u64::MAX,
+            "saturates instead of overflowing"
+        );
     }
 }

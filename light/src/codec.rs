@@ -65,12 +65,19 @@ pub fn decode_exact<T: Decodable>(
     max: usize,
 ) -> Result<T, DecodeError> {
     if bytes.len() > max {
-        return Err(DecodeError::Oversized { what, len: bytes.len(), max });
+        return Err(DecodeError::Oversized {
+            what,
+            len: bytes.len(),
+            max,
+        });
     }
     let mut buf = bytes;
     let value = T::decode(&mut buf).map_err(|source| DecodeError::Rlp { what, source })?;
     if !buf.is_empty() {
-        return Err(DecodeError::TrailingBytes { what, extra: buf.len() });
+        return Err(DecodeError::TrailingBytes {
+            what,
+            extra: buf.len(),
+        });
     }
     Ok(value)
 }
@@ -82,13 +89,26 @@ mod tests {
     #[test]
     fn refuses_oversized_input_before_decoding() {
         let err = decode_exact::<u64>("number", &[0u8; 10], 9).unwrap_err();
-        assert_eq!(err, DecodeError::Oversized { what: "number", len: 10, max: 9 });
+        assert_eq!(
+            err,
+            DecodeError::Oversized {
+                what: "number",
+                len: 10,
+                max: 9
+            }
+        );
     }
 
     #[test]
     fn refuses_trailing_bytes() {
         let err = decode_exact::<u64>("number", &[0x05, 0x06], 16).unwrap_err();
-        assert_eq!(err, DecodeError::TrailingBytes { what: "number", extra: 1 });
+        assert_eq!(
+            err,
+            DecodeError::TrailingBytes {
+                what: "number",
+                extra: 1
+            }
+        );
     }
 
     #[test]

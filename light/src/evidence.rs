@@ -32,10 +32,10 @@ pub struct DoubleProposal {
 /// vote and 2 for a double proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Evidence {
-    /// See [`DoubleVote`].
-    DoubleVote(DoubleVote),
-    /// See [`DoubleProposal`].
-    DoubleProposal(DoubleProposal),
+    /// See [`DoubleVote`] (boxed, like the other variant: evidence is rare and large).
+    DoubleVote(Box<DoubleVote>),
+    /// See [`DoubleProposal`] (boxed: two full headers).
+    DoubleProposal(Box<DoubleProposal>),
 }
 
 /// Why evidence does not prove misbehaviour.
@@ -74,7 +74,8 @@ impl Evidence {
     /// offender's owner address.
     pub fn verify(&self, set: &ValidatorSet, chain_id: u64) -> Result<Address, EvidenceError> {
         let index = match self {
-            Self::DoubleVote(DoubleVote { first, second, .. }) => {
+            Self::DoubleVote(double_vote) => {
+                let DoubleVote { first, second, .. } = double_vote.as_ref();
                 if first.validator_index != second.validator_index {
                     return Err(EvidenceError::DifferentSigners);
                 }
@@ -84,11 +85,16 @@ impl Evidence {
                 if first.block_hash == second.block_hash {
                     return Err(EvidenceError::NoConflict);
                 }
-                first.verify(set, chain_id).map_err(EvidenceError::Signature)?;
-                second.verify(set, chain_id).map_err(EvidenceError::Signature)?;
+                first
+                    .verify(set, chain_id)
+                    .map_err(EvidenceError::Signature)?;
+                second
+                    .verify(set, chain_id)
+                    .map_err(EvidenceError::Signature)?;
                 first.validator_index as usize
             }
-            Self::DoubleProposal(DoubleProposal { first, second }) => {
+            Self::DoubleProposal(proposal) => {
+                let DoubleProposal { first, second } = proposal.as_ref();
                 if first.proposer_index != second.proposer_index || first.epoch != second.epoch {
                     return Err(EvidenceError::DifferentSigners);
                 }
@@ -99,7 +105,9 @@ impl Evidence {
                     return Err(EvidenceError::NoConflict);
                 }
                 if first.validator_set_hash != set.hash() {
-                    return Err(EvidenceError::WrongSet { evidence: first.epoch });
+                    return Err(EvidenceError::WrongSet {
+                        evidence: first.epoch,
+                    });
                 }
                 for header in [first, second] {
                     verify_seal(header, set, chain_id).map_err(EvidenceError::Signature)?;
@@ -121,7 +129,10 @@ pub(crate) fn verify_seal(
     let key = set
         .decoded_keys()
         .get(index)
-        .ok_or(QcError::SignerOutsideSet { index, set_len: set.len() })?;
+        .ok_or(QcError::SignerOutsideSet {
+            index,
+            set_len: set.len(),
+        })?;
     let root = bls::proposal_signing_root(chain_id, &header.hash());
     bls::verify(key, &root, &header.proposer_signature).map_err(|e| match e {
         bls::BlsError::VerificationFailed => QcError::BadSignature,
@@ -131,7 +142,11 @@ pub(crate) fn verify_seal(
 
 impl Encodable for Evidence {
     fn encode(&self, out: &mut dyn alloy_rlp::BufMut) {
-        alloy_rlp::Header { list: true, payload_length: self.payload_length() }.encode(out);
+        alloy_rlp::Header {
+            list: true,
+            payload_length: self.payload_length(),
+        }
+        .encode(out);
         match self {
             Self::DoubleVote(e) => {
                 1u8.encode(out);
@@ -169,8 +184,8 @@ impl Decodable for Evidence {
         }
         let (mut payload, rest) = buf.split_at(header.payload_length);
         let evidence = match u8::decode(&mut payload)? {
-            1 => Self::DoubleVote(DoubleVote::decode(&mut payload)?),
-            2 => Self::DoubleProposal(DoubleProposal::decode(&mut payload)?),
+            1 => Self::DoubleVote(Box::new(DoubleVote::decode(&mut payload)?)),
+            2 => Self::DoubleProposal(Box::new(DoubleProposal::decode(&mut payload)?)),
             _ => return Err(alloy_rlp::Error::Custom("unknown evidence kind")),
         };
         if !payload.is_empty() {

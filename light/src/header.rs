@@ -63,7 +63,10 @@ impl Header {
     /// Seals the header with the proposer's key.
     pub fn sign(self, key: &BlsSecretKey, chain_id: u64) -> SignedHeader {
         let proposer_signature = key.sign(&bls::proposal_signing_root(chain_id, &self.hash()));
-        SignedHeader { header: self, proposer_signature }
+        SignedHeader {
+            header: self,
+            proposer_signature,
+        }
     }
 }
 
@@ -121,6 +124,10 @@ pub struct CertifiedHeader {
 impl CertifiedHeader {
     /// Decodes a certified header from its canonical encoding.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        codec::decode_exact("certified header", bytes, codec::MAX_HEADER_BYTES + codec::MAX_QC_BYTES)
+        codec::decode_exact(
+            "certified header",
+            bytes,
+            codec::MAX_HEADER_BYTES + codec::MAX_QC_BYTES,
+        )
     }
 }

@@ -19,9 +19,7 @@ use blst::{BLST_ERROR, MultiPoint, Pairing, blst_fp12, blst_p1_affine, blst_p2_a
 
 /// Which members of a set signed: bit `i` (byte `i / 8`, bit `i % 8`, least
 /// significant first) stands for validator `i`.
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, Hash, RlpEncodableWrapper, RlpDecodableWrapper,
-)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, RlpEncodableWrapper, RlpDecodableWrapper)]
 pub struct SignerBitfield(Bytes);
 
 impl SignerBitfield {
@@ -49,13 +47,17 @@ impl SignerBitfield {
 
     /// Whether validator `index` signed.
     pub fn get(&self, index: usize) -> bool {
-        self.0.get(index / 8).is_some_and(|b| b & (1 << (index % 8)) != 0)
+        self.0
+            .get(index / 8)
+            .is_some_and(|b| b & (1 << (index % 8)) != 0)
     }
 
     /// The indices of all signers, in increasing order.
     pub fn signers(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.iter().enumerate().flat_map(|(byte_index, byte)| {
-            (0..8).filter(move |bit| byte & (1 << bit) != 0).map(move |bit| byte_index * 8 + bit)
+            (0..8)
+                .filter(move |bit| byte & (1 << bit) != 0)
+                .map(move |bit| byte_index * 8 + bit)
         })
     }
 
@@ -88,7 +90,12 @@ impl Vote {
         validator_index: u32,
     ) -> Self {
         let signature = key.sign(&bls::vote_signing_root(chain_id, slot, &block_hash));
-        Self { slot, block_hash, validator_index, signature }
+        Self {
+            slot,
+            block_hash,
+            validator_index,
+            signature,
+        }
     }
 
     /// Checks that the voter is in `set` and the signature is theirs.
@@ -97,7 +104,10 @@ impl Vote {
         let key = set
             .decoded_keys()
             .get(index)
-            .ok_or(QcError::SignerOutsideSet { index, set_len: set.len() })?;
+            .ok_or(QcError::SignerOutsideSet {
+                index,
+                set_len: set.len(),
+            })?;
         let root = bls::vote_signing_root(chain_id, self.slot, &self.block_hash);
         bls::verify(key, &root, &self.signature).map_err(QcError::from_bls)
     }
@@ -223,7 +233,11 @@ impl QuorumCert {
         let expected = set_len.div_ceil(8);
         let got = self.signers.as_bytes().len();
         if got != expected {
-            return Err(QcError::BitfieldLength { expected, got, set_len });
+            return Err(QcError::BitfieldLength {
+                expected,
+                got,
+                set_len,
+            });
         }
         let mut signers = self.signers.signers();
         let first = signers.next().ok_or(QcError::EmptyBitfield)?;
@@ -236,7 +250,10 @@ impl QuorumCert {
                 .expect("set keys were validated when the set was built");
         }
         if !set.is_quorum(signed) {
-            return Err(QcError::InsufficientStake { signed, total: set.total_stake() });
+            return Err(QcError::InsufficientStake {
+                signed,
+                total: set.total_stake(),
+            });
         }
         let signature = bls::decode_signature(&self.signature).map_err(QcError::from_bls)?;
         let prepared = PreparedQc {
@@ -271,7 +288,9 @@ pub fn verify_batch(
 ) -> Result<(), BatchError> {
     let mut prepared = Vec::with_capacity(items.len());
     for (index, (qc, set)) in items.iter().enumerate() {
-        let (p, _) = qc.prepare(set, chain_id).map_err(|error| BatchError { index, error })?;
+        let (p, _) = qc
+            .prepare(set, chain_id)
+            .map_err(|error| BatchError { index, error })?;
         prepared.push(p);
     }
     if prepared.is_empty() {
@@ -282,7 +301,8 @@ pub fn verify_batch(
     }
     // Name the culprit.
     for (index, (qc, set)) in items.iter().enumerate() {
-        qc.verify(set, chain_id).map_err(|error| BatchError { index, error })?;
+        qc.verify(set, chain_id)
+            .map_err(|error| BatchError { index, error })?;
     }
     unreachable!("a batch that fails has a member that fails on its own")
 }
@@ -354,18 +374,19 @@ impl QcBuilder {
             return Err(QcError::VoteMismatch);
         }
         let index = vote.validator_index as usize;
-        let validator = set
-            .get(index)
-            .ok_or(QcError::SignerOutsideSet { index, set_len: set.len() })?;
+        let validator = set.get(index).ok_or(QcError::SignerOutsideSet {
+            index,
+            set_len: set.len(),
+        })?;
         if self.signers.get(index) {
             return Err(QcError::DuplicateVote { index });
         }
         let signature = bls::decode_signature(&vote.signature).map_err(QcError::from_bls)?;
         match &mut self.signature {
             Some(aggregate) => {
-                aggregate.add_signature(&signature, false).map_err(|e| {
-                    QcError::MalformedSignature(BlsError::InvalidSignature(e))
-                })?;
+                aggregate
+                    .add_signature(&signature, false)
+                    .map_err(|e| QcError::MalformedSignature(BlsError::InvalidSignature(e)))?;
             }
             None => self.signature = Some(AggregateSignature::from_signature(&signature)),
         }

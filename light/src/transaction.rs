@@ -24,7 +24,9 @@ pub enum TxError {
     #[error("malformed transaction: {0}")]
     Malformed(String),
     /// A well-formed envelope of a type this chain does not execute.
-    #[error("unsupported transaction type {name} (0x{ty:02x}): only legacy (EIP-155) and EIP-1559 are accepted")]
+    #[error(
+        "unsupported transaction type {name} (0x{ty:02x}): only legacy (EIP-155) and EIP-1559 are accepted"
+    )]
     UnsupportedType {
         /// The EIP-2718 type byte.
         ty: u8,
@@ -58,14 +60,20 @@ impl SignedTransaction {
         match ty {
             TxType::Legacy if envelope.chain_id().is_none() => Err(TxError::MissingChainId),
             TxType::Legacy | TxType::Eip1559 => Ok(Self(envelope)),
-            other => Err(TxError::UnsupportedType { ty: other as u8, name: type_name(other) }),
+            other => Err(TxError::UnsupportedType {
+                ty: other as u8,
+                name: type_name(other),
+            }),
         }
     }
 
     /// Decodes the EIP-2718 encoding (what `eth_sendRawTransaction` carries).
     pub fn decode_2718(bytes: &[u8]) -> Result<Self, TxError> {
         if bytes.len() > MAX_TRANSACTION_BYTES {
-            return Err(TxError::Oversized { len: bytes.len(), max: MAX_TRANSACTION_BYTES });
+            return Err(TxError::Oversized {
+                len: bytes.len(),
+                max: MAX_TRANSACTION_BYTES,
+            });
         }
         if let Some(&ty) = bytes.first()
             && (0x01..0x7f).contains(&ty)
@@ -96,7 +104,9 @@ impl SignedTransaction {
 
     /// Recovers the sender from the signature (secp256k1 public-key recovery).
     pub fn recover_sender(&self) -> Result<Address, TxError> {
-        self.0.recover_signer().map_err(|e| TxError::InvalidSignature(e.to_string()))
+        self.0
+            .recover_signer()
+            .map_err(|e| TxError::InvalidSignature(e.to_string()))
     }
 
     /// The transaction hash (keccak256 of the EIP-2718 encoding).
@@ -152,7 +162,11 @@ fn type_name(ty: TxType) -> &'static str {
 impl Encodable for SignedTransaction {
     fn encode(&self, out: &mut dyn alloy_rlp::BufMut) {
         let len = self.0.encode_2718_len();
-        alloy_rlp::Header { list: false, payload_length: len }.encode(out);
+        alloy_rlp::Header {
+            list: false,
+            payload_length: len,
+        }
+        .encode(out);
         self.0.encode_2718(out);
     }
     fn length(&self) -> usize {
@@ -165,8 +179,12 @@ impl Decodable for SignedTransaction {
     fn decode(buf: &mut &[u8]) -> alloy_rlp::Result<Self> {
         let bytes = alloy_rlp::Header::decode_bytes(buf, false)?;
         Self::decode_2718(bytes).map_err(|e| match e {
-            TxError::UnsupportedType { .. } => alloy_rlp::Error::Custom("unsupported transaction type"),
-            TxError::MissingChainId => alloy_rlp::Error::Custom("legacy transaction without EIP-155 chain id"),
+            TxError::UnsupportedType { .. } => {
+                alloy_rlp::Error::Custom("unsupported transaction type")
+            }
+            TxError::MissingChainId => {
+                alloy_rlp::Error::Custom("legacy transaction without EIP-155 chain id")
+            }
             TxError::Oversized { .. } => alloy_rlp::Error::Custom("transaction too large"),
             _ => alloy_rlp::Error::Custom("malformed transaction"),
         })

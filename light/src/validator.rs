@@ -100,7 +100,10 @@ impl ValidatorSet {
             return Err(SetError::Empty);
         }
         if validators.len() > MAX_SET_SIZE {
-            return Err(SetError::TooLarge { len: validators.len(), max: MAX_SET_SIZE });
+            return Err(SetError::TooLarge {
+                len: validators.len(),
+                max: MAX_SET_SIZE,
+            });
         }
         let mut seen_keys = HashSet::with_capacity(validators.len());
         let mut seen_owners = HashSet::with_capacity(validators.len());
@@ -114,16 +117,26 @@ impl ValidatorSet {
                 return Err(SetError::DuplicateKey { index });
             }
             if !seen_owners.insert(v.owner) {
-                return Err(SetError::DuplicateOwner { index, owner: v.owner });
+                return Err(SetError::DuplicateOwner {
+                    index,
+                    owner: v.owner,
+                });
             }
-            total_stake = total_stake.checked_add(v.stake).ok_or(SetError::StakeOverflow)?;
+            total_stake = total_stake
+                .checked_add(v.stake)
+                .ok_or(SetError::StakeOverflow)?;
             keys.push(
                 bls::decode_public_key(&v.public_key)
                     .map_err(|source| SetError::InvalidKey { index, source })?,
             );
         }
         let hash = Self::hash_of(&validators);
-        Ok(Self { validators, keys, total_stake, hash })
+        Ok(Self {
+            validators,
+            keys,
+            total_stake,
+            hash,
+        })
     }
 
     /// The canonical hash of a list of validators, without validating it.
@@ -137,8 +150,10 @@ impl ValidatorSet {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let validators: Vec<Validator> =
             codec::decode_exact("validator set", bytes, codec::MAX_VALIDATOR_SET_BYTES)?;
-        Self::new(validators)
-            .map_err(|e| DecodeError::Invalid { what: "validator set", reason: e.to_string() })
+        Self::new(validators).map_err(|e| DecodeError::Invalid {
+            what: "validator set",
+            reason: e.to_string(),
+        })
     }
 
     /// The canonical encoding (an RLP list of validators).
@@ -283,7 +298,10 @@ mod tests {
     fn proposer_selection_follows_stake() {
         let set = ValidatorSet::new(vec![validator(1, 1), validator(2, 99)]).unwrap();
         let heavy = (0..1000).filter(|s| set.proposer_index(*s) == 1).count();
-        assert!(heavy > 950, "heavy validator proposed {heavy} of 1000 slots");
+        assert!(
+            heavy > 950,
+            "heavy validator proposed {heavy} of 1000 slots"
+        );
         assert_eq!(set.proposer_index(42), set.proposer_index(42));
     }
 

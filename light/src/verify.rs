@@ -134,18 +134,32 @@ pub fn verify_header(
     }
     let expected = spec.slot_timestamp(header.slot);
     if header.timestamp != expected {
-        return Err(HeaderError::WrongTimestamp { slot: header.slot, expected, got: header.timestamp });
+        return Err(HeaderError::WrongTimestamp {
+            slot: header.slot,
+            expected,
+            got: header.timestamp,
+        });
     }
     if header.epoch > spec.nominal_epoch(header.slot) {
-        return Err(HeaderError::EpochAhead { epoch: header.epoch, slot: header.slot });
+        return Err(HeaderError::EpochAhead {
+            epoch: header.epoch,
+            slot: header.slot,
+        });
     }
     if header.gas_used > header.gas_limit {
-        return Err(HeaderError::GasOverLimit { used: header.gas_used, limit: header.gas_limit });
+        return Err(HeaderError::GasOverLimit {
+            used: header.gas_used,
+            limit: header.gas_limit,
+        });
     }
     let expected = set.proposer_index(header.slot);
     let got = header.proposer_index as usize;
     if got != expected {
-        return Err(HeaderError::WrongProposer { slot: header.slot, expected, got });
+        return Err(HeaderError::WrongProposer {
+            slot: header.slot,
+            expected,
+            got,
+        });
     }
     verify_seal(header, set, spec.chain_id).map_err(HeaderError::BadSeal)
 }
@@ -162,13 +176,22 @@ pub fn verify_link(
 ) -> Result<U256, HeaderError> {
     let parent_hash = parent.hash();
     if child.number != parent.number.saturating_add(1) || parent.number == u64::MAX {
-        return Err(HeaderError::NotNextNumber { parent: parent.number, got: child.number });
+        return Err(HeaderError::NotNextNumber {
+            parent: parent.number,
+            got: child.number,
+        });
     }
     if child.parent_hash != parent_hash {
-        return Err(HeaderError::ParentHashMismatch { parent: parent_hash, got: child.parent_hash });
+        return Err(HeaderError::ParentHashMismatch {
+            parent: parent_hash,
+            got: child.parent_hash,
+        });
     }
     if child.slot <= parent.slot {
-        return Err(HeaderError::SlotNotIncreasing { parent: parent.slot, got: child.slot });
+        return Err(HeaderError::SlotNotIncreasing {
+            parent: parent.slot,
+            got: child.slot,
+        });
     }
     if child.epoch == parent.epoch {
         if child.validator_set_hash != parent.validator_set_hash
@@ -181,7 +204,10 @@ pub fn verify_link(
             return Err(HeaderError::SetCommitmentBroken);
         }
     } else {
-        return Err(HeaderError::EpochJump { parent: parent.epoch, got: child.epoch });
+        return Err(HeaderError::EpochJump {
+            parent: parent.epoch,
+            got: child.epoch,
+        });
     }
     if parent.is_genesis() {
         return if child.parent_qc == QuorumCert::genesis() {
@@ -205,7 +231,10 @@ pub fn verify_link(
             given: parent_set.hash(),
         });
     }
-    child.parent_qc.verify(parent_set, chain_id).map_err(HeaderError::BadParentQc)
+    child
+        .parent_qc
+        .verify(parent_set, chain_id)
+        .map_err(HeaderError::BadParentQc)
 }
 
 impl CertifiedHeader {
@@ -214,8 +243,13 @@ impl CertifiedHeader {
     pub fn verify(&self, set: &ValidatorSet, spec: &ChainSpec) -> Result<U256, HeaderError> {
         verify_header(&self.header, set, spec)?;
         if self.qc.block_hash != self.header.hash() || self.qc.slot != self.header.slot {
-            return Err(HeaderError::QcMismatch { qc_hash: self.qc.block_hash, qc_slot: self.qc.slot });
+            return Err(HeaderError::QcMismatch {
+                qc_hash: self.qc.block_hash,
+                qc_slot: self.qc.slot,
+            });
         }
-        self.qc.verify(set, spec.chain_id).map_err(HeaderError::BadQc)
+        self.qc
+            .verify(set, spec.chain_id)
+            .map_err(HeaderError::BadQc)
     }
 }

@@ -23,14 +23,18 @@ fn u256() -> impl Strategy<Value = U256> {
 }
 
 fn qc() -> impl Strategy<Value = QuorumCert> {
-    (any::<u64>(), b256(), proptest::collection::vec(any::<u8>(), 0..20), bytes_n::<96>()).prop_map(
-        |(slot, block_hash, bits, signature)| QuorumCert {
+    (
+        any::<u64>(),
+        b256(),
+        proptest::collection::vec(any::<u8>(), 0..20),
+        bytes_n::<96>(),
+    )
+        .prop_map(|(slot, block_hash, bits, signature)| QuorumCert {
             slot,
             block_hash,
             signers: SignerBitfield::from_bytes(bits),
             signature,
-        },
-    )
+        })
 }
 
 fn vote() -> impl Strategy<Value = Vote> {
@@ -46,9 +50,23 @@ fn vote() -> impl Strategy<Value = Vote> {
 
 fn header() -> impl Strategy<Value = Header> {
     (
-        (b256(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()),
+        (
+            b256(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+        ),
         (b256(), b256(), b256(), b256(), bytes_n::<256>()),
-        (any::<u64>(), any::<u64>(), any::<u64>(), b256(), b256(), qc()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            b256(),
+            b256(),
+            qc(),
+        ),
     )
         .prop_map(|(a, b, c)| Header {
             parent_hash: a.0,
@@ -72,8 +90,10 @@ fn header() -> impl Strategy<Value = Header> {
 }
 
 fn signed_header() -> impl Strategy<Value = SignedHeader> {
-    (header(), bytes_n::<96>())
-        .prop_map(|(header, proposer_signature)| SignedHeader { header, proposer_signature })
+    (header(), bytes_n::<96>()).prop_map(|(header, proposer_signature)| SignedHeader {
+        header,
+        proposer_signature,
+    })
 }
 
 fn signature() -> impl Strategy<Value = Signature> {
@@ -83,7 +103,14 @@ fn signature() -> impl Strategy<Value = Signature> {
 }
 
 fn transaction() -> impl Strategy<Value = SignedTransaction> {
-    let legacy = (1u64..u64::MAX / 4, any::<u64>(), any::<u64>(), bytes_n::<20>(), u256(), signature())
+    let legacy = (
+        1u64..u64::MAX / 4,
+        any::<u64>(),
+        any::<u64>(),
+        bytes_n::<20>(),
+        u256(),
+        signature(),
+    )
         .prop_map(|(chain_id, nonce, gas_limit, to, value, sig)| {
             let tx = TxLegacy {
                 chain_id: Some(chain_id),
@@ -121,10 +148,16 @@ fn transaction() -> impl Strategy<Value = SignedTransaction> {
 
 fn evidence() -> impl Strategy<Value = Evidence> {
     prop_oneof![
-        (any::<u64>(), vote(), vote())
-            .prop_map(|(epoch, first, second)| Evidence::DoubleVote(DoubleVote { epoch, first, second })),
-        (signed_header(), signed_header())
-            .prop_map(|(first, second)| Evidence::DoubleProposal(DoubleProposal { first, second })),
+        (any::<u64>(), vote(), vote()).prop_map(|(epoch, first, second)| {
+            Evidence::DoubleVote(Box::new(DoubleVote {
+                epoch,
+                first,
+                second,
+            }))
+        }),
+        (signed_header(), signed_header()).prop_map(|(first, second)| {
+            Evidence::DoubleProposal(Box::new(DoubleProposal { first, second }))
+        }),
     ]
 }
 
@@ -134,7 +167,11 @@ fn block() -> impl Strategy<Value = Block> {
         proptest::collection::vec(transaction(), 0..4),
         proptest::collection::vec(evidence(), 0..2),
     )
-        .prop_map(|(header, transactions, evidence)| Block { header, transactions, evidence })
+        .prop_map(|(header, transactions, evidence)| Block {
+            header,
+            transactions,
+            evidence,
+        })
 }
 
 fn round_trip<T: Encodable + Decodable + PartialEq + std::fmt::Debug>(value: &T) {
@@ -142,7 +179,11 @@ fn round_trip<T: Encodable + Decodable + PartialEq + std::fmt::Debug>(value: &T)
     assert_eq!(bytes.len(), value.length(), "length() agrees with encode()");
     let decoded = alloy_rlp::decode_exact::<T>(&bytes).expect("decodes");
     assert_eq!(&decoded, value);
-    assert_eq!(alloy_rlp::encode(&decoded), bytes, "re-encoding is identical");
+    assert_eq!(
+        alloy_rlp::encode(&decoded),
+        bytes,
+        "re-encoding is identical"
+    );
 }
 
 /// Decoding must return, never panic; for truncations it must fail.
@@ -247,13 +288,28 @@ fn known_answers() {
     let vote = Vote::sign(&key, spec.chain_id, 1, genesis.hash(), 0);
     let encoded_vote = alloy_rlp::encode(&vote);
     let pins = [
-        ("devnet validator 0 public key", key.public_key().to_string()),
+        (
+            "devnet validator 0 public key",
+            key.public_key().to_string(),
+        ),
         ("devnet(4) validator set hash", set.hash().to_string()),
-        ("devnet(4) genesis state root", genesis.state_root.to_string()),
+        (
+            "devnet(4) genesis state root",
+            genesis.state_root.to_string(),
+        ),
         ("devnet(4) genesis hash", genesis.hash().to_string()),
-        ("vote signing root", bls::vote_signing_root(31337, 1, &B256::repeat_byte(0xab)).to_string()),
-        ("vote encoding hash", alloy_primitives::keccak256(&encoded_vote).to_string()),
-        ("empty evidence hash", luxtensor_light::block::evidence_hash(&[]).to_string()),
+        (
+            "vote signing root",
+            bls::vote_signing_root(31337, 1, &B256::repeat_byte(0xab)).to_string(),
+        ),
+        (
+            "vote encoding hash",
+            alloy_primitives::keccak256(&encoded_vote).to_string(),
+        ),
+        (
+            "empty evidence hash",
+            luxtensor_light::block::evidence_hash(&[]).to_string(),
+        ),
     ];
     for ((name, got), (want_name, want)) in pins.iter().zip(EXPECTED_PINS) {
         assert_eq!(*name, want_name);
@@ -268,11 +324,29 @@ const EXPECTED_PINS: [(&str, &str); 7] = [
         "devnet validator 0 public key",
         "0xaec6213e5155fc71bbdf86ea5f07c0abcf74bad291b72d2433f7df4c42ef8bfbcb1b93d5a398709a14fb5dd13d3c2251",
     ),
-    ("devnet(4) validator set hash", "0xacd2f45c8f3d5481945af241097151151022b792c42b357dda57091c741e82d0"),
-    ("devnet(4) genesis state root", "0x829ff6f5b5116bc96a7415872fed27f243e557a92cb82f69f89f20e8f8087874"),
-    ("devnet(4) genesis hash", "0x07a0fae84d135c5f7c5aaaf99756a5f5fac18b73bb2b30c34a35b739250797cd"),
-    ("vote signing root", "0xde36d82df53eaed19c779f4daf910bfcb5a89ca00fff8b76253bb15fd7ceb3a3"),
-    ("vote encoding hash", "0xd432ccc056820d3de5c254968b1805982f6e88cfe8af38f30cfa80ef91e5d1e7"),
+    (
+        "devnet(4) validator set hash",
+        "0xacd2f45c8f3d5481945af241097151151022b792c42b357dda57091c741e82d0",
+    ),
+    (
+        "devnet(4) genesis state root",
+        "0x829ff6f5b5116bc96a7415872fed27f243e557a92cb82f69f89f20e8f8087874",
+    ),
+    (
+        "devnet(4) genesis hash",
+        "0x07a0fae84d135c5f7c5aaaf99756a5f5fac18b73bb2b30c34a35b739250797cd",
+    ),
+    (
+        "vote signing root",
+        "0xde36d82df53eaed19c779f4daf910bfcb5a89ca00fff8b76253bb15fd7ceb3a3",
+    ),
+    (
+        "vote encoding hash",
+        "0xd432ccc056820d3de5c254968b1805982f6e88cfe8af38f30cfa80ef91e5d1e7",
+    ),
     // keccak256(rlp([])): the same constant as Ethereum's empty ommers hash.
-    ("empty evidence hash", "0x1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347"),
+    (
+        "empty evidence hash",
+        "0x1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347",
+    ),
 ];

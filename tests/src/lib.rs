@@ -6,8 +6,8 @@ pub mod bench;
 
 use luxtensor_light::chain_spec::{self, GenesisValidator, TOKEN};
 use luxtensor_light::{
-    B256, BlsSecretKey, BlsSignature, CertifiedHeader, ChainSpec, Header, QuorumCert,
-    SignedHeader, SignerBitfield, U256, ValidatorSet, Vote,
+    B256, BlsSecretKey, BlsSignature, CertifiedHeader, ChainSpec, Header, QuorumCert, SignedHeader,
+    SignerBitfield, U256, ValidatorSet, Vote,
 };
 
 /// A chain spec together with the secret keys of its genesis validators.
@@ -29,9 +29,13 @@ impl Validators {
     /// Devnet validators with the given stakes, in tokens.
     pub fn with_stakes(stakes_in_tokens: &[u64]) -> Self {
         let mut spec = ChainSpec::devnet(stakes_in_tokens.len() as u32);
-        spec.rotation.max_validators = spec.rotation.max_validators.max(stakes_in_tokens.len() as u32);
-        let keys: Vec<_> =
-            (0..stakes_in_tokens.len() as u32).map(chain_spec::devnet_validator_key).collect();
+        spec.rotation.max_validators = spec
+            .rotation
+            .max_validators
+            .max(stakes_in_tokens.len() as u32);
+        let keys: Vec<_> = (0..stakes_in_tokens.len() as u32)
+            .map(chain_spec::devnet_validator_key)
+            .collect();
         spec.validators = keys
             .iter()
             .zip(stakes_in_tokens)
@@ -49,7 +53,13 @@ impl Validators {
 
     /// A vote by validator `index`.
     pub fn vote(&self, index: usize, slot: u64, block_hash: B256) -> Vote {
-        Vote::sign(&self.keys[index], self.spec.chain_id, slot, block_hash, index as u32)
+        Vote::sign(
+            &self.keys[index],
+            self.spec.chain_id,
+            slot,
+            block_hash,
+            index as u32,
+        )
     }
 
     /// A QC over (`slot`, `block_hash`) signed by `signers`, with no quorum

@@ -37,7 +37,10 @@ fn wrong_proposer_is_refused() {
     let mut h = chain[2].header.header.clone();
     h.proposer_index = (h.proposer_index + 1) % 4;
     let sealed = reseal(&v, h);
-    assert!(matches!(verify_header(&sealed, &v.set, &v.spec), Err(HeaderError::WrongProposer { .. })));
+    assert!(matches!(
+        verify_header(&sealed, &v.set, &v.spec),
+        Err(HeaderError::WrongProposer { .. })
+    ));
 }
 
 #[test]
@@ -52,7 +55,10 @@ fn seal_by_another_key_is_refused() {
     );
     // A seal made for another chain id is refused too.
     let h = chain[2].header.header.clone();
-    let foreign = h.sign(&v.keys[chain[2].header.proposer_index as usize], v.spec.chain_id + 1);
+    let foreign = h.sign(
+        &v.keys[chain[2].header.proposer_index as usize],
+        v.spec.chain_id + 1,
+    );
     assert_eq!(
         verify_header(&foreign, &v.set, &v.spec),
         Err(HeaderError::BadSeal(QcError::BadSignature))
@@ -91,29 +97,47 @@ fn broken_links_are_refused() {
 
     let mut h = child.clone();
     h.number += 1;
-    assert!(matches!(verify_link(&h, parent, &v.set, id), Err(HeaderError::NotNextNumber { .. })));
+    assert!(matches!(
+        verify_link(&h, parent, &v.set, id),
+        Err(HeaderError::NotNextNumber { .. })
+    ));
 
     let mut h = child.clone();
     h.parent_hash = B256::repeat_byte(1);
-    assert!(matches!(verify_link(&h, parent, &v.set, id), Err(HeaderError::ParentHashMismatch { .. })));
+    assert!(matches!(
+        verify_link(&h, parent, &v.set, id),
+        Err(HeaderError::ParentHashMismatch { .. })
+    ));
 
     let mut h = child.clone();
     h.slot = parent.slot;
-    assert!(matches!(verify_link(&h, parent, &v.set, id), Err(HeaderError::SlotNotIncreasing { .. })));
+    assert!(matches!(
+        verify_link(&h, parent, &v.set, id),
+        Err(HeaderError::SlotNotIncreasing { .. })
+    ));
 
     let mut h = child.clone();
     h.epoch = parent.epoch + 2;
-    assert!(matches!(verify_link(&h, parent, &v.set, id), Err(HeaderError::EpochJump { .. })));
+    assert!(matches!(
+        verify_link(&h, parent, &v.set, id),
+        Err(HeaderError::EpochJump { .. })
+    ));
 
     let mut h = child.clone();
     h.next_validator_set_hash = B256::repeat_byte(2);
-    assert_eq!(verify_link(&h, parent, &v.set, id), Err(HeaderError::SetCommitmentBroken));
+    assert_eq!(
+        verify_link(&h, parent, &v.set, id),
+        Err(HeaderError::SetCommitmentBroken)
+    );
 
     // At an epoch boundary the new set must be the one the parent announced.
     let mut h = child.clone();
     h.epoch = parent.epoch + 1;
     h.validator_set_hash = B256::repeat_byte(3);
-    assert_eq!(verify_link(&h, parent, &v.set, id), Err(HeaderError::SetCommitmentBroken));
+    assert_eq!(
+        verify_link(&h, parent, &v.set, id),
+        Err(HeaderError::SetCommitmentBroken)
+    );
     let mut h = child.clone();
     h.epoch = parent.epoch + 1;
     h.validator_set_hash = parent.next_validator_set_hash;
@@ -128,7 +152,10 @@ fn parent_qc_must_certify_the_parent_with_a_quorum() {
 
     let mut h = chain[3].header.header.clone();
     h.parent_qc = chain[1].qc.clone(); // certifies the grandparent
-    assert!(matches!(verify_link(&h, parent, &v.set, id), Err(HeaderError::ParentQcMismatch { .. })));
+    assert!(matches!(
+        verify_link(&h, parent, &v.set, id),
+        Err(HeaderError::ParentQcMismatch { .. })
+    ));
 
     let mut h = chain[3].header.header.clone();
     h.parent_qc = v.qc(parent.slot, parent.hash(), &[0, 1]);
@@ -142,7 +169,10 @@ fn parent_qc_must_certify_the_parent_with_a_quorum() {
     let mut h = chain[0].header.header.clone();
     assert!(verify_link(&h, &genesis, &v.set, id).is_ok());
     h.parent_qc = v.qc(0, genesis.hash(), &[0, 1, 2]);
-    assert!(matches!(verify_link(&h, &genesis, &v.set, id), Err(HeaderError::ParentQcMismatch { .. })));
+    assert!(matches!(
+        verify_link(&h, &genesis, &v.set, id),
+        Err(HeaderError::ParentQcMismatch { .. })
+    ));
     assert_eq!(chain[0].header.parent_qc, QuorumCert::genesis());
 }
 
@@ -151,7 +181,10 @@ fn certified_header_qc_must_match_the_header() {
     let (v, chain) = setup();
     let mut c = chain[2].clone();
     c.qc = chain[3].qc.clone();
-    assert!(matches!(c.verify(&v.set, &v.spec), Err(HeaderError::QcMismatch { .. })));
+    assert!(matches!(
+        c.verify(&v.set, &v.spec),
+        Err(HeaderError::QcMismatch { .. })
+    ));
     let mut c = chain[2].clone();
     c.qc = v.qc(c.header.slot, c.header.hash(), &[3]);
     assert!(matches!(

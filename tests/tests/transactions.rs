@@ -1,9 +1,7 @@
 //! Transactions: standard Ethereum envelopes signed by an ordinary wallet key
 //! are accepted (legacy with EIP-155, EIP-1559); every other kind is refused by name.
 
-use alloy_consensus::{
-    SignableTransaction, TxEip1559, TxEip2930, TxEip7702, TxEnvelope, TxLegacy,
-};
+use alloy_consensus::{SignableTransaction, TxEip1559, TxEip2930, TxEip7702, TxEnvelope, TxLegacy};
 use alloy_eips::eip2718::Encodable2718;
 use alloy_primitives::{Address, Bytes, TxKind, U256};
 use alloy_signer::SignerSync;
@@ -13,7 +11,9 @@ use luxtensor_light::{SignedTransaction, TxError};
 
 /// Hardhat/Anvil dev account 0's well-known private key.
 fn dev_signer() -> PrivateKeySigner {
-    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80".parse().unwrap()
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+        .parse()
+        .unwrap()
 }
 
 fn sign<T: SignableTransaction<alloy_primitives::Signature>>(tx: T) -> alloy_consensus::Signed<T> {
@@ -57,18 +57,27 @@ fn legacy_eip155_and_eip1559_round_trip_and_recover_the_sender() {
         assert_eq!(tx.check_chain_id(DEVNET_CHAIN_ID), Ok(()));
         assert_eq!(
             tx.check_chain_id(1),
-            Err(TxError::WrongChainId { expected: 1, got: DEVNET_CHAIN_ID })
+            Err(TxError::WrongChainId {
+                expected: 1,
+                got: DEVNET_CHAIN_ID
+            })
         );
         // Inside a block, the same transaction is an RLP string of its 2718 bytes.
         let in_block = alloy_rlp::encode(&tx);
-        assert_eq!(alloy_rlp::decode_exact::<SignedTransaction>(&in_block).unwrap(), tx);
+        assert_eq!(
+            alloy_rlp::decode_exact::<SignedTransaction>(&in_block).unwrap(),
+            tx
+        );
     }
 }
 
 #[test]
 fn legacy_without_chain_id_is_refused() {
     let raw = legacy(None).encoded_2718();
-    assert_eq!(SignedTransaction::decode_2718(&raw), Err(TxError::MissingChainId));
+    assert_eq!(
+        SignedTransaction::decode_2718(&raw),
+        Err(TxError::MissingChainId)
+    );
 }
 
 #[test]
@@ -91,17 +100,35 @@ fn other_transaction_types_are_refused_by_name() {
     }
     // A blob transaction is named from its type byte alone.
     let err = SignedTransaction::decode_2718(&[0x03, 0xc0]).unwrap_err();
-    assert_eq!(err, TxError::UnsupportedType { ty: 3, name: "EIP-4844" });
+    assert_eq!(
+        err,
+        TxError::UnsupportedType {
+            ty: 3,
+            name: "EIP-4844"
+        }
+    );
 }
 
 #[test]
 fn malformed_and_oversized_input_is_refused() {
     let raw = eip1559().encoded_2718();
-    assert!(matches!(SignedTransaction::decode_2718(&raw[..raw.len() - 1]), Err(TxError::Malformed(_))));
+    assert!(matches!(
+        SignedTransaction::decode_2718(&raw[..raw.len() - 1]),
+        Err(TxError::Malformed(_))
+    ));
     let mut trailing = raw.clone();
     trailing.push(0);
-    assert!(matches!(SignedTransaction::decode_2718(&trailing), Err(TxError::Malformed(_))));
-    assert!(matches!(SignedTransaction::decode_2718(&[]), Err(TxError::Malformed(_))));
+    assert!(matches!(
+        SignedTransaction::decode_2718(&trailing),
+        Err(TxError::Malformed(_))
+    ));
+    assert!(matches!(
+        SignedTransaction::decode_2718(&[]),
+        Err(TxError::Malformed(_))
+    ));
     let huge = vec![0xc0; 200 * 1024];
-    assert!(matches!(SignedTransaction::decode_2718(&huge), Err(TxError::Oversized { .. })));
+    assert!(matches!(
+        SignedTransaction::decode_2718(&huge),
+        Err(TxError::Oversized { .. })
+    ));
 }

@@ -6,7 +6,10 @@ use luxtensor_tests::bench::{interleaved_median_us, median_us, report};
 use std::hint::black_box;
 use std::process::ExitCode;
 
-const SCENARIOS: &[(&str, &str)] = &[("qc-verify", "QC verification: single, batched, and its parts")];
+const SCENARIOS: &[(&str, &str)] = &[(
+    "qc-verify",
+    "QC verification: single, batched, and its parts",
+)];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,39 +60,61 @@ fn qc_verify(quick: bool) {
 
     // Bare verify and the QC check alternate, so their ratio is measured
     // under the same machine load.
-    let [bare, single] = interleaved_median_us(rounds, iters, &mut [
-        &mut || {
-            let r = sig.verify(true, root.as_slice(), bls::SIGNATURE_DST, &[], pk, false);
-            assert_eq!(black_box(r), blst::BLST_ERROR::BLST_SUCCESS);
-        },
-        &mut || {
-            black_box(qc.verify(&v.set, chain_id)).unwrap();
-        },
-    ])[..] else { unreachable!() };
+    let [bare, single] = interleaved_median_us(
+        rounds,
+        iters,
+        &mut [
+            &mut || {
+                let r = sig.verify(true, root.as_slice(), bls::SIGNATURE_DST, &[], pk, false);
+                assert_eq!(black_box(r), blst::BLST_ERROR::BLST_SUCCESS);
+            },
+            &mut || {
+                black_box(qc.verify(&v.set, chain_id)).unwrap();
+            },
+        ],
+    )[..] else {
+        unreachable!()
+    };
     report(BENCH, "blst_verify_us", bare, "us");
     report(BENCH, "single_us", single, "us");
     report(BENCH, "single_over_blst_verify", single / bare, "ratio");
 
     // One batch on one core, then the same batch split over two threads
     // (each half is an independent batch; the core crate spawns no threads).
-    let [batch, batch_2cores] = interleaved_median_us(rounds.min(5), 1, &mut [
-        &mut || {
-            black_box(verify_batch(&items, chain_id, next_seed())).unwrap();
-        },
-        &mut || {
-            let (a, b) = items.split_at(items.len() / 2);
-            let (seed_a, seed_b) = (next_seed(), next_seed());
-            std::thread::scope(|scope| {
-                let other = scope.spawn(|| verify_batch(b, chain_id, seed_b));
-                verify_batch(a, chain_id, seed_a).unwrap();
-                other.join().unwrap().unwrap();
-            });
-        },
-    ])[..] else { unreachable!() };
+    let [batch, batch_2cores] = interleaved_median_us(
+        rounds.min(5),
+        1,
+        &mut [
+            &mut || {
+                black_box(verify_batch(&items, chain_id, next_seed())).unwrap();
+            },
+            &mut || {
+                let (a, b) = items.split_at(items.len() / 2);
+                let (seed_a, seed_b) = (next_seed(), next_seed());
+                std::thread::scope(|scope| {
+                    let other = scope.spawn(|| verify_batch(b, chain_id, seed_b));
+                    verify_batch(a, chain_id, seed_a).unwrap();
+                    other.join().unwrap().unwrap();
+                });
+            },
+        ],
+    )[..] else {
+        unreachable!()
+    };
     let n = batch_len as f64;
-    report(BENCH, &format!("batch{batch_len}_us_per_qc"), batch / n, "us");
+    report(
+        BENCH,
+        &format!("batch{batch_len}_us_per_qc"),
+        batch / n,
+        "us",
+    );
     report(BENCH, "batch_over_single", batch / n / single, "ratio");
-    report(BENCH, &format!("batch{batch_len}_2cores_us_per_qc"), batch_2cores / n, "us");
+    report(
+        BENCH,
+        &format!("batch{batch_len}_2cores_us_per_qc"),
+        batch_2cores / n,
+        "us",
+    );
 
     let keys: Vec<_> = signers.iter().map(|&i| &v.set.decoded_keys()[i]).collect();
     let aggregate = median_us(rounds, iters * 10, || {
