@@ -82,34 +82,51 @@ fn qc_verify(quick: bool) {
     // The batch against the same QCs checked one by one, interleaved; then
     // the same batch split over two threads (each half is an independent
     // batch; the core crate spawns no threads of its own).
-    let [one_by_one, batch, batch_2cores] = interleaved_median_us(rounds, 1, &mut [
-        &mut || {
-            for (qc, set) in &items {
-                black_box(qc.verify(set, chain_id)).unwrap();
-            }
-        },
-        &mut || {
-            black_box(verify_batch(&items, chain_id, next_seed())).unwrap();
-        },
-        &mut || {
-            let (a, b) = items.split_at(items.len() / 2);
-            let (seed_a, seed_b) = (next_seed(), next_seed());
-            std::thread::scope(|scope| {
-                let other = scope.spawn(|| verify_batch(b, chain_id, seed_b));
-                verify_batch(a, chain_id, seed_a).unwrap();
-                other.join().unwrap().unwrap();
-            });
-        },
-    ])[..] else { unreachable!() };
+    let [one_by_one, batch, batch_2cores] = interleaved_median_us(
+        rounds,
+        1,
+        &mut [
+            &mut || {
+                for (qc, set) in &items {
+                    black_box(qc.verify(set, chain_id)).unwrap();
+                }
+            },
+            &mut || {
+                black_box(verify_batch(&items, chain_id, next_seed())).unwrap();
+            },
+            &mut || {
+                let (a, b) = items.split_at(items.len() / 2);
+                let (seed_a, seed_b) = (next_seed(), next_seed());
+                std::thread::scope(|scope| {
+                    let other = scope.spawn(|| verify_batch(b, chain_id, seed_b));
+                    verify_batch(a, chain_id, seed_a).unwrap();
+                    other.join().unwrap().unwrap();
+                });
+            },
+        ],
+    )[..] else {
+        unreachable!()
+    };
     let n = batch_len as f64;
-    report(BENCH, &format!("batch{batch_len}_us_per_qc"), batch / n, "us");
+    report(
+        BENCH,
+        &format!("batch{batch_len}_us_per_qc"),
+        batch / n,
+        "us",
+    );
     report(BENCH, "batch_over_single", batch / one_by_one, "ratio");
-    report(BENCH, &format!("batch{batch_len}_2cores_us_per_qc"), batch_2cores / n, "us");
+    report(
+        BENCH,
+        &format!("batch{batch_len}_2cores_us_per_qc"),
+        batch_2cores / n,
+        "us",
+    );
 
     // What a batch cannot avoid per QC: hashing the message to G2, one
     // Miller loop, the signature's subgroup check (plus decoding and key
     // aggregation, reported below). Their sum is the batch's floor.
-    let [hash_to_g2, miller_loop, subgroup_check] = batch_floor_parts(&sig, pk, &root, rounds, iters);
+    let [hash_to_g2, miller_loop, subgroup_check] =
+        batch_floor_parts(&sig, pk, &root, rounds, iters);
     report(BENCH, "hash_to_g2_us", hash_to_g2, "us");
     report(BENCH, "miller_loop_us", miller_loop, "us");
     report(BENCH, "sig_subgroup_check_us", subgroup_check, "us");
@@ -148,24 +165,44 @@ fn batch_floor_parts(
     let mut hashed_affine = blst_p2_affine::default();
     // SAFETY: all pointers are to live, initialised values of the right types.
     unsafe {
-        blst::blst_hash_to_g2(&mut hashed, root.as_ptr(), 32, dst.as_ptr(), dst.len(), std::ptr::null(), 0);
+        blst::blst_hash_to_g2(
+            &mut hashed,
+            root.as_ptr(),
+            32,
+            dst.as_ptr(),
+            dst.len(),
+            std::ptr::null(),
+            0,
+        );
         blst_p2_to_affine(&mut hashed_affine, &hashed);
     }
     let pk_affine: &blst_p1_affine = pk.into();
-    let v = interleaved_median_us(rounds, iters, &mut [
-        &mut || unsafe {
-            let mut out = blst_p2::default();
-            blst::blst_hash_to_g2(&mut out, root.as_ptr(), 32, dst.as_ptr(), dst.len(), std::ptr::null(), 0);
-            black_box(out);
-        },
-        &mut || unsafe {
-            let mut out = blst_fp12::default();
-            blst::blst_miller_loop(&mut out, &hashed_affine, pk_affine);
-            black_box(out);
-        },
-        &mut || {
-            assert!(black_box(sig.subgroup_check()));
-        },
-    ]);
+    let v = interleaved_median_us(
+        rounds,
+        iters,
+        &mut [
+            &mut || unsafe {
+                let mut out = blst_p2::default();
+                blst::blst_hash_to_g2(
+                    &mut out,
+                    root.as_ptr(),
+                    32,
+                    dst.as_ptr(),
+                    dst.len(),
+                    std::ptr::null(),
+                    0,
+                );
+                black_box(out);
+            },
+            &mut || unsafe {
+                let mut out = blst_fp12::default();
+                blst::blst_miller_loop(&mut out, &hashed_affine, pk_affine);
+                black_box(out);
+            },
+            &mut || {
+                assert!(black_box(sig.subgroup_check()));
+            },
+        ],
+    );
     [v[0], v[1], v[2]]
 }
