@@ -28,6 +28,10 @@ pub struct RotationConfig {
     pub max_validators: u32,
     /// Least stake a validator may hold, in wei (default 32 tokens).
     pub min_stake: U256,
+    /// Most activations, and separately most exits, per epoch transition;
+    /// the rest wait in their queues (as Ethereum's churn limit does).
+    /// 0 disables the limit (default).
+    pub churn_limit: u32,
 }
 
 impl Default for RotationConfig {
@@ -38,6 +42,7 @@ impl Default for RotationConfig {
             exit_delay_epochs: 2,
             max_validators: 100,
             min_stake: TOKEN * U256::from(32),
+            churn_limit: 0,
         }
     }
 }
