@@ -4,6 +4,30 @@
 //! parallel block sync and JSON-RPC for infrastructure providers. It verifies
 //! with the rulebook in `luxtensor-light` and nothing else.
 //!
-//! Nothing lives here yet: the full-node issues (core I: execution, state,
-//! rotation, storage; core II: consensus and simulation; networking; RPC)
-//! fill it in. This crate exists now so that the workspace has its final shape.
+//! | module | what it holds |
+//! |---|---|
+//! | [`rotation`] | [`ValidatorRotation`]: activation and exit queues, cap, churn, slashing, withdrawals |
+//! | [`trie`] | [`StateTrie`]: an in-memory Merkle-Patricia trie whose root costs time in proportion to what changed, with EIP-1186 proofs |
+//! | [`mempool`] | [`Mempool`]: bounded, per-sender nonce-ordered pending transactions |
+//! | [`staking`] | the staking system contract's address and ABI |
+//! | [`state`] | [`ChainState`]: accounts, staking contract and rotation under one root, journaled per block |
+//! | [`execution`] | transfers, staking calls, fees, evidence, epoch transitions: [`execute_block`], [`build_block`] |
+//!
+//! The pure modules (everything but `store` and `import`) do no I/O, so the
+//! consensus engine and the simulator can drive them deterministically.
+
+pub mod execution;
+pub mod mempool;
+pub mod rotation;
+pub mod staking;
+pub mod state;
+pub mod trie;
+
+#[cfg(test)]
+mod test_support;
+
+pub use execution::{BlockError, BlockOutput, TxRejection, build_block, execute_block};
+pub use mempool::Mempool;
+pub use rotation::{EpochTransitionResult, RotationStats, ValidatorRotation};
+pub use state::ChainState;
+pub use trie::StateTrie;

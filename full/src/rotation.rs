@@ -54,7 +54,9 @@ pub enum RotationError {
     #[error("unknown validator {0}")]
     UnknownValidator(Address),
     /// Evidence from before the withdrawal window: that stake may already be gone.
-    #[error("evidence of epoch {evidence_epoch} is older than the withdrawal delay allows (oldest: {oldest})")]
+    #[error(
+        "evidence of epoch {evidence_epoch} is older than the withdrawal delay allows (oldest: {oldest})"
+    )]
     EvidenceTooOld {
         /// Epoch of the evidence.
         evidence_epoch: u64,
@@ -104,7 +106,17 @@ struct RotationState {
     exiting: Vec<PendingExit>,
     slashed: Vec<Slash>,
     withdrawals: Vec<PendingWithdrawal>,
+    /// Offences already punished (owner, slot), kept while still slashable.
+    offences: Vec<Offence>,
     next_queue_position: u64,
+}
+
+/// One punished offence, so that the same evidence never slashes twice.
+#[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+struct Offence {
+    owner: Address,
+    epoch: u64,
+    slot: u64,
 }
 
 /// What one epoch transition changed.
@@ -147,7 +159,11 @@ pub struct ValidatorRotation {
 
 impl ValidatorRotation {
     /// Starts at epoch 0 with `genesis` as the set of epochs 0 and 1.
-    pub fn new(config: RotationConfig, withdrawal_delay_epochs: u64, genesis: Vec<Validator>) -> Self {
+    pub fn new(
+        config: RotationConfig,
+        withdrawal_delay_epochs: u64,
+        genesis: Vec<Validator>,
+    ) -> Self {
         Self {
             config,
             withdrawal_delay_epochs,
@@ -159,6 +175,7 @@ impl ValidatorRotation {
                 exiting: Vec::new(),
                 slashed: Vec::new(),
                 withdrawals: Vec::new(),
+                offences: Vec::new(),
                 next_queue_position: 0,
             },
         }
@@ -171,7 +188,11 @@ impl ValidatorRotation {
         bytes: &[u8],
     ) -> Result<Self, alloy_rlp::Error> {
         let state = alloy_rlp::decode_exact(bytes)?;
-        Ok(Self { config, withdrawal_delay_epochs, state })
+        Ok(Self {
+            config,
+            withdrawal_delay_epochs,
+            state,
+        })
     }
 
     /// The canonical encoding of the mutable state.
@@ -220,13 +241,20 @@ impl ValidatorRotation {
     }
 
     fn is_member(&self, owner: &Address) -> bool {
-        self.state.current.iter().chain(&self.state.next).any(|v| &v.owner == owner)
+        self.state
+            .current
+            .iter()
+            .chain(&self.state.next)
+            .any(|v| &v.owner == owner)
     }
 
     /// Queues a stake request; returns the epoch it activates in (if a seat
     /// is free then, and the churn limit allows). The caller has checked the
     /// proof of possession.
-    pub fn request_validator_addition(&mut self, validator: Validator) -> Result<u64, RotationError> {
+    pub fn request_validator_addition(
+        &mut self,
+        validator: Validator,
+    ) -> Result<u64, RotationError> {
         if validator.stake < self.config.min_stake {
             return Err(RotationError::BelowMinimumStake {
                 stake: validator.stake,
@@ -234,19 +262,38 @@ impl ValidatorRotation {
             });
         }
         let owner = validator.owner;
-        if self.is_member(&owner) || self.state.pending.iter().any(|p| p.validator.owner == owner) {
+        if self.is_member(&owner)
+            || self
+                .state
+                .pending
+                .iter()
+                .any(|p| p.validator.owner == owner)
+        {
             return Err(RotationError::ValidatorAlreadyExists(owner));
         }
         let key = validator.public_key;
-        let in_use = self.state.current.iter().chain(&self.state.next).any(|v| v.public_key == key)
-            || self.state.pending.iter().any(|p| p.validator.public_key == key);
+        let in_use = self
+            .state
+            .current
+            .iter()
+            .chain(&self.state.next)
+            .any(|v| v.public_key == key)
+            || self
+                .state
+                .pending
+                .iter()
+                .any(|p| p.validator.public_key == key);
         if in_use {
             return Err(RotationError::KeyInUse(key));
         }
         let activation_epoch = self.first_open_epoch(self.config.activation_delay_epochs);
         let queue_position = self.state.next_queue_position;
         self.state.next_queue_position += 1;
-        self.state.pending.push(PendingActivation { validator, activation_epoch, queue_position });
+        self.state.pending.push(PendingActivation {
+            validator,
+            activation_epoch,
+            queue_position,
+        });
         Ok(activation_epoch)
     }
 
@@ -254,7 +301,12 @@ impl ValidatorRotation {
     /// pending activation is cancelled instead, and its stake is refunded at
     /// the next transition.
     pub fn request_validator_exit(&mut self, owner: Address) -> Result<u64, RotationError> {
-        if let Some(i) = self.state.pending.iter().position(|p| p.validator.owner == owner) {
+        if let Some(i) = self
+            .state
+            .pending
+            .iter()
+            .position(|p| p.validator.owner == owner)
+        {
             let cancelled = self.state.pending.remove(i);
             self.state.withdrawals.push(PendingWithdrawal {
                 owner,
@@ -272,7 +324,9 @@ impl ValidatorRotation {
             )));
         }
         if self.state.exiting.iter().any(|e| e.owner == owner) {
-            return Err(RotationError::InvalidOperation(format!("{owner} already requested its exit")));
+            return Err(RotationError::InvalidOperation(format!(
+                "{owner} already requested its exit"
+            )));
         }
         let staying = self
             .state
@@ -290,24 +344,57 @@ impl ValidatorRotation {
 
     /// Refuses evidence whose stake may already have been withdrawn.
     pub fn check_evidence_age(&self, evidence_epoch: u64) -> Result<(), RotationError> {
-        let oldest = self.state.current_epoch.saturating_sub(self.withdrawal_delay_epochs);
+        let oldest = self
+            .state
+            .current_epoch
+            .saturating_sub(self.withdrawal_delay_epochs);
         if evidence_epoch < oldest {
-            return Err(RotationError::EvidenceTooOld { evidence_epoch, oldest });
+            return Err(RotationError::EvidenceTooOld {
+                evidence_epoch,
+                oldest,
+            });
         }
         Ok(())
+    }
+
+    /// Records that `owner` was punished for its message(s) at `slot` of
+    /// `epoch`; false if that offence was already punished.
+    pub fn record_offence(&mut self, owner: Address, epoch: u64, slot: u64) -> bool {
+        if self
+            .state
+            .offences
+            .iter()
+            .any(|o| o.owner == owner && o.slot == slot)
+        {
+            return false;
+        }
+        self.state.offences.push(Offence { owner, epoch, slot });
+        true
     }
 
     /// Slashes `amount` (capped at what is left) from the validator owned by
     /// `owner`: from its pending withdrawal if it already left, otherwise it
     /// is ejected from the next set not yet fixed and loses the amount then.
     /// Returns the amount actually slashed.
-    pub fn slash_validator(&mut self, owner: &Address, amount: U256) -> Result<U256, RotationError> {
+    pub fn slash_validator(
+        &mut self,
+        owner: &Address,
+        amount: U256,
+    ) -> Result<U256, RotationError> {
         if let Some(member) = self.state.next.iter().find(|v| &v.owner == owner) {
             let stake = member.stake;
-            let slash = match self.state.slashed.iter_mut().position(|s| &s.owner == owner) {
+            let slash = match self
+                .state
+                .slashed
+                .iter_mut()
+                .position(|s| &s.owner == owner)
+            {
                 Some(i) => &mut self.state.slashed[i],
                 None => {
-                    self.state.slashed.push(Slash { owner: *owner, amount: U256::ZERO });
+                    self.state.slashed.push(Slash {
+                        owner: *owner,
+                        amount: U256::ZERO,
+                    });
                     self.state.slashed.last_mut().expect("just pushed")
                 }
             };
@@ -316,7 +403,12 @@ impl ValidatorRotation {
             return Ok(taken);
         }
         // Already out of the next set: its stake waits in the withdrawal queue.
-        if let Some(w) = self.state.withdrawals.iter_mut().find(|w| &w.owner == owner) {
+        if let Some(w) = self
+            .state
+            .withdrawals
+            .iter_mut()
+            .find(|w| &w.owner == owner)
+        {
             let taken = amount.min(w.amount);
             w.amount -= taken;
             return Ok(taken);
@@ -357,6 +449,8 @@ impl ValidatorRotation {
                 .collect(),
             withdrawals: self.pay_withdrawals(new_epoch),
         };
+        let oldest = new_epoch.saturating_sub(self.withdrawal_delay_epochs);
+        self.state.offences.retain(|o| o.epoch >= oldest);
         Ok(result)
     }
 
@@ -372,7 +466,9 @@ impl ValidatorRotation {
         // Ejections of slashed members first (they do not count against churn).
         let slashed: Vec<Address> = self.state.slashed.iter().map(|s| s.owner).collect();
         set.retain(|v| !slashed.contains(&v.owner));
-        self.state.exiting.retain(|e| set.iter().any(|v| v.owner == e.owner));
+        self.state
+            .exiting
+            .retain(|e| set.iter().any(|v| v.owner == e.owner));
 
         // Due exits, in request order, up to the churn limit.
         let mut exits = 0;
@@ -390,16 +486,28 @@ impl ValidatorRotation {
         if set.is_empty() {
             // Never empty: postpone this epoch's departures (ejections stay recorded).
             for owner in leaving {
-                self.state.exiting.insert(0, PendingExit { owner, exit_epoch: epoch });
+                self.state.exiting.insert(
+                    0,
+                    PendingExit {
+                        owner,
+                        exit_epoch: epoch,
+                    },
+                );
             }
             return base;
         }
 
         // Activations: eligible requests by stake, then queue order, then
         // address, into the free seats and within churn.
-        let seats = (self.config.max_validators as usize).saturating_sub(set.len()).min(churn);
-        let mut eligible: Vec<&PendingActivation> =
-            self.state.pending.iter().filter(|p| p.activation_epoch <= epoch).collect();
+        let seats = (self.config.max_validators as usize)
+            .saturating_sub(set.len())
+            .min(churn);
+        let mut eligible: Vec<&PendingActivation> = self
+            .state
+            .pending
+            .iter()
+            .filter(|p| p.activation_epoch <= epoch)
+            .collect();
         eligible.sort_by(|a, b| {
             b.validator
                 .stake
@@ -407,7 +515,11 @@ impl ValidatorRotation {
                 .then(a.queue_position.cmp(&b.queue_position))
                 .then(a.validator.owner.cmp(&b.validator.owner))
         });
-        let chosen: Vec<u64> = eligible.iter().take(seats).map(|p| p.queue_position).collect();
+        let chosen: Vec<u64> = eligible
+            .iter()
+            .take(seats)
+            .map(|p| p.queue_position)
+            .collect();
         let mut joining: Vec<PendingActivation> = Vec::new();
         self.state.pending.retain(|p| {
             let join = chosen.contains(&p.queue_position);
@@ -420,7 +532,10 @@ impl ValidatorRotation {
         set.extend(joining.into_iter().map(|p| p.validator));
 
         // Everyone who left starts the withdrawal delay with what slashing left them.
-        for v in base.iter().filter(|v| !set.iter().any(|s| s.owner == v.owner)) {
+        for v in base
+            .iter()
+            .filter(|v| !set.iter().any(|s| s.owner == v.owner))
+        {
             let slashed = match self.state.slashed.iter().position(|s| s.owner == v.owner) {
                 Some(i) => self.state.slashed.remove(i).amount,
                 None => U256::ZERO,
@@ -482,11 +597,18 @@ mod tests {
     }
 
     fn config() -> RotationConfig {
-        RotationConfig { epoch_length: 4, ..RotationConfig::default() }
+        RotationConfig {
+            epoch_length: 4,
+            ..RotationConfig::default()
+        }
     }
 
     fn rotation(genesis: &[u8]) -> ValidatorRotation {
-        ValidatorRotation::new(config(), 4, genesis.iter().map(|&i| validator(i, 32)).collect())
+        ValidatorRotation::new(
+            config(),
+            4,
+            genesis.iter().map(|&i| validator(i, 32)).collect(),
+        )
     }
 
     fn owners(set: &[Validator]) -> Vec<u8> {
@@ -502,7 +624,11 @@ mod tests {
     fn next_set_is_fixed_during_the_epoch_and_activation_follows_the_delay() {
         let mut r = rotation(&[1, 2]);
         assert_eq!(r.request_validator_addition(validator(3, 32)), Ok(2));
-        assert_eq!(owners(r.next_validators()), [1, 2], "set(1) was fixed at genesis");
+        assert_eq!(
+            owners(r.next_validators()),
+            [1, 2],
+            "set(1) was fixed at genesis"
+        );
         let t = advance(&mut r); // epoch 1; set(2) computed now
         assert!(t.activated_validators.is_empty());
         assert_eq!(owners(r.current_validators()), [1, 2]);
@@ -522,8 +648,14 @@ mod tests {
     #[test]
     fn transitions_must_be_consecutive() {
         let mut r = rotation(&[1]);
-        assert!(matches!(r.process_epoch_transition(2), Err(RotationError::EpochTransition(_))));
-        assert!(matches!(r.process_epoch_transition(0), Err(RotationError::EpochTransition(_))));
+        assert!(matches!(
+            r.process_epoch_transition(2),
+            Err(RotationError::EpochTransition(_))
+        ));
+        assert!(matches!(
+            r.process_epoch_transition(0),
+            Err(RotationError::EpochTransition(_))
+        ));
     }
 
     #[test]
@@ -558,7 +690,11 @@ mod tests {
         r.request_validator_exit(Address::repeat_byte(1)).unwrap();
         advance(&mut r);
         advance(&mut r);
-        assert_eq!(owners(r.next_validators()), [2, 4, 5], "5 outranks 3 by stake");
+        assert_eq!(
+            owners(r.next_validators()),
+            [2, 4, 5],
+            "5 outranks 3 by stake"
+        );
     }
 
     #[test]
@@ -588,8 +724,15 @@ mod tests {
     fn slashed_validator_loses_the_amount_and_is_ejected_at_the_next_open_epoch() {
         let mut r = rotation(&[1, 2, 3]);
         advance(&mut r); // epoch 1
-        assert_eq!(r.slash_validator(&Address::repeat_byte(2), tokens(5)), Ok(tokens(5)));
-        assert_eq!(owners(r.next_validators()), [1, 2, 3], "set(2) is already fixed");
+        assert_eq!(
+            r.slash_validator(&Address::repeat_byte(2), tokens(5)),
+            Ok(tokens(5))
+        );
+        assert_eq!(
+            owners(r.next_validators()),
+            [1, 2, 3],
+            "set(2) is already fixed"
+        );
         let t = advance(&mut r); // epoch 2: set(3) computed without 2
         assert!(t.exited_validators.is_empty());
         assert_eq!(owners(r.next_validators()), [1, 3]);
@@ -607,12 +750,24 @@ mod tests {
     fn slashing_an_exiting_validator_and_double_slashing() {
         let mut r = rotation(&[1, 2, 3]);
         r.request_validator_exit(Address::repeat_byte(3)).unwrap();
-        assert_eq!(r.slash_validator(&Address::repeat_byte(3), tokens(10)), Ok(tokens(10)));
+        assert_eq!(
+            r.slash_validator(&Address::repeat_byte(3), tokens(10)),
+            Ok(tokens(10))
+        );
         // Slashing again takes at most what is left, and never underflows.
-        assert_eq!(r.slash_validator(&Address::repeat_byte(3), U256::MAX), Ok(tokens(22)));
-        assert_eq!(r.slash_validator(&Address::repeat_byte(3), tokens(1)), Ok(U256::ZERO));
+        assert_eq!(
+            r.slash_validator(&Address::repeat_byte(3), U256::MAX),
+            Ok(tokens(22))
+        );
+        assert_eq!(
+            r.slash_validator(&Address::repeat_byte(3), tokens(1)),
+            Ok(U256::ZERO)
+        );
         for _ in 0..8 {
-            assert!(advance(&mut r).withdrawals.is_empty(), "nothing left to pay");
+            assert!(
+                advance(&mut r).withdrawals.is_empty(),
+                "nothing left to pay"
+            );
         }
         assert_eq!(owners(r.current_validators()), [1, 2]);
         assert_eq!(r.get_stats().pending_exits, 0);
@@ -625,12 +780,30 @@ mod tests {
         advance(&mut r);
         advance(&mut r);
         assert_eq!(owners(r.current_validators()), [1]);
-        assert_eq!(r.slash_validator(&Address::repeat_byte(2), tokens(2)), Ok(tokens(2)));
+        assert_eq!(
+            r.slash_validator(&Address::repeat_byte(2), tokens(2)),
+            Ok(tokens(2))
+        );
         let paid: Vec<_> = (0..6).flat_map(|_| advance(&mut r).withdrawals).collect();
         assert_eq!(paid, vec![(Address::repeat_byte(2), tokens(30))]);
         assert_eq!(
             r.slash_validator(&Address::repeat_byte(2), tokens(1)),
             Err(RotationError::UnknownValidator(Address::repeat_byte(2)))
+        );
+    }
+
+    #[test]
+    fn an_offence_is_punished_once_and_forgotten_after_the_delay() {
+        let mut r = rotation(&[1, 2]);
+        assert!(r.record_offence(Address::repeat_byte(1), 0, 3));
+        assert!(!r.record_offence(Address::repeat_byte(1), 0, 3));
+        assert!(r.record_offence(Address::repeat_byte(1), 0, 4));
+        for _ in 0..5 {
+            advance(&mut r);
+        }
+        assert!(
+            r.state.offences.is_empty(),
+            "pruned once older than the withdrawal delay"
         );
     }
 
@@ -643,7 +816,10 @@ mod tests {
         assert_eq!(r.check_evidence_age(6), Ok(()));
         assert_eq!(
             r.check_evidence_age(5),
-            Err(RotationError::EvidenceTooOld { evidence_epoch: 5, oldest: 6 })
+            Err(RotationError::EvidenceTooOld {
+                evidence_epoch: 5,
+                oldest: 6
+            })
         );
     }
 
@@ -653,7 +829,9 @@ mod tests {
         r.request_validator_exit(Address::repeat_byte(2)).unwrap();
         assert_eq!(
             r.request_validator_addition(validator(2, 32)),
-            Err(RotationError::ValidatorAlreadyExists(Address::repeat_byte(2)))
+            Err(RotationError::ValidatorAlreadyExists(Address::repeat_byte(
+                2
+            )))
         );
         advance(&mut r);
         advance(&mut r);
@@ -669,7 +847,10 @@ mod tests {
         ));
         let mut copycat = validator(3, 32);
         copycat.public_key = validator(1, 32).public_key;
-        assert!(matches!(r.request_validator_addition(copycat), Err(RotationError::KeyInUse(_))));
+        assert!(matches!(
+            r.request_validator_addition(copycat),
+            Err(RotationError::KeyInUse(_))
+        ));
         assert_eq!(
             r.request_validator_exit(Address::repeat_byte(7)),
             Err(RotationError::UnknownValidator(Address::repeat_byte(7)))
@@ -722,7 +903,11 @@ mod tests {
         assert_eq!(owners(r.current_validators()), [3, 4, 5, 6]);
         advance(&mut r);
         advance(&mut r);
-        assert_eq!(owners(r.current_validators()), [4, 5, 6], "no genesis member is left");
+        assert_eq!(
+            owners(r.current_validators()),
+            [4, 5, 6],
+            "no genesis member is left"
+        );
     }
 
     #[test]
@@ -730,7 +915,8 @@ mod tests {
         let mut r = rotation(&[1, 2]);
         r.request_validator_addition(validator(3, 40)).unwrap();
         r.request_validator_exit(Address::repeat_byte(1)).unwrap();
-        r.slash_validator(&Address::repeat_byte(2), tokens(1)).unwrap();
+        r.slash_validator(&Address::repeat_byte(2), tokens(1))
+            .unwrap();
         let restored = ValidatorRotation::decode_state(config(), 4, &r.encode_state()).unwrap();
         assert_eq!(restored, r);
         assert_eq!(restored.state_hash(), r.state_hash());
