@@ -1153,7 +1153,7 @@ mod tests {
             let proof = c.state.proof(address);
             let key = alloy_trie::Nibbles::unpack(crate::trie::account_key(&address));
             let expected =
-                (address != Address::repeat_byte(0x42)).then(|| alloy_rlp::encode(&proof.account));
+                (address != Address::repeat_byte(0x42)).then(|| alloy_rlp::encode(proof.account));
             alloy_trie::proof::verify_proof(root, key, expected, &proof.proof).unwrap();
         }
     }

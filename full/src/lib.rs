@@ -11,23 +11,29 @@
 //! | [`mempool`] | [`Mempool`]: bounded, per-sender nonce-ordered pending transactions |
 //! | [`staking`] | the staking system contract's address and ABI |
 //! | [`state`] | [`ChainState`]: accounts, staking contract and rotation under one root, journaled per block |
+//! | [`store`] | [`Store`]: crash-safe redb storage, one atomic commit per block |
+//! | [`import`] | [`Importer`]: the one path by which a block enters the node (verify, recover senders in parallel, execute, commit) |
 //! | [`execution`] | transfers, staking calls, fees, evidence, epoch transitions: [`execute_block`], [`build_block`] |
 //!
 //! The pure modules (everything but `store` and `import`) do no I/O, so the
 //! consensus engine and the simulator can drive them deterministically.
 
 pub mod execution;
+pub mod import;
 pub mod mempool;
 pub mod rotation;
 pub mod staking;
 pub mod state;
+pub mod store;
 pub mod trie;
 
 #[cfg(test)]
 mod test_support;
 
 pub use execution::{BlockError, BlockOutput, TxRejection, build_block, execute_block};
+pub use import::{ImportError, Imported, Importer};
 pub use mempool::Mempool;
 pub use rotation::{EpochTransitionResult, RotationStats, ValidatorRotation};
 pub use state::ChainState;
+pub use store::{Store, StoreError};
 pub use trie::StateTrie;

@@ -114,7 +114,7 @@ impl ChainState {
 
     /// The account at `address` (all defaults if it was never touched).
     pub fn account(&self, address: &Address) -> Account {
-        self.accounts.get(address).cloned().unwrap_or_default()
+        self.accounts.get(address).copied().unwrap_or_default()
     }
 
     /// Number of accounts.
@@ -211,7 +211,7 @@ impl ChainState {
             let account = match address {
                 STAKING_ADDRESS => self.staking_account(),
                 _ => match self.accounts.get(&address) {
-                    Some(account) => account.clone(),
+                    Some(account) => *account,
                     None => {
                         self.trie.remove(&account_key(&address));
                         continue;
@@ -219,7 +219,7 @@ impl ChainState {
                 },
             };
             self.trie
-                .insert(account_key(&address), alloy_rlp::encode(&account));
+                .insert(account_key(&address), alloy_rlp::encode(account));
         }
     }
 

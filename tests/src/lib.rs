@@ -3,6 +3,8 @@
 //! certified headers built with the real signing code.
 
 pub mod bench;
+pub mod producer;
+pub mod wallet;
 
 use luxtensor_light::chain_spec::{self, GenesisValidator, TOKEN};
 use luxtensor_light::{
