@@ -48,13 +48,19 @@ pub enum ImportError {
     },
     /// Execution refused the block.
     #[error("execution: {0}")]
-    Execution(#[from] BlockError),
+    Execution(Box<BlockError>),
     /// The rotation produced a set that is not valid (a bug or corrupt state).
     #[error("next validator set: {0}")]
     Set(#[from] SetError),
     /// Storage failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+}
+
+impl From<BlockError> for ImportError {
+    fn from(error: BlockError) -> Self {
+        Self::Execution(Box::new(error))
+    }
 }
 
 /// What an import changed.
