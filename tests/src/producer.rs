@@ -40,6 +40,35 @@ impl Producer {
         }
     }
 
+    /// Continues the chain an importer holds (after a restart): the same
+    /// state, head and epoch position, and a fresh QC for the head.
+    pub fn resume(validators: Validators, importer: &mut luxtensor_full::Importer) -> Self {
+        let head = importer.head().clone();
+        let head_epoch_set = importer
+            .validator_set(head.epoch)
+            .expect("head epoch set is stored");
+        let head_position = match importer
+            .store()
+            .block(&head.parent_hash)
+            .expect("store readable")
+        {
+            Some(parent) => epoch_position(&validators.spec, &parent.header.header, &head),
+            None => EpochPosition::Inside,
+        };
+        let mut producer = Self {
+            validators,
+            state: importer.state().clone(),
+            head: head.clone(),
+            head_epoch_set,
+            head_qc: QuorumCert::genesis(),
+            head_position,
+        };
+        if !head.is_genesis() {
+            producer.head_qc = producer.certify(&head, &producer.head_epoch_set.clone());
+        }
+        producer
+    }
+
     /// The last produced header.
     pub fn head(&self) -> &Header {
         &self.head
