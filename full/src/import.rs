@@ -10,8 +10,8 @@ use alloy_primitives::{Address, B256};
 use luxtensor_light::block::BodyError;
 use luxtensor_light::validator::SetError;
 use luxtensor_light::{
-    Block, ChainSpec, Header, HeaderError, QuorumCert, SignedTransaction, TxError, ValidatorSet,
-    verify_header, verify_link,
+    Block, ChainSpec, Header, HeaderError, QcError, QuorumCert, SignatureBatch, SignedTransaction,
+    TxError, ValidatorSet, check_header, check_link, push_seal, verify_header, verify_link,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -63,6 +63,26 @@ impl From<BlockError> for ImportError {
     }
 }
 
+/// A run of blocks stopped at an invalid one.
+#[derive(Debug, thiserror::Error)]
+#[error("block {index} of the run: {error} ({imported} imported before it)")]
+pub struct ChainImportError {
+    /// Position of the invalid block in the run.
+    pub index: usize,
+    /// Blocks of the run imported before it.
+    pub imported: usize,
+    /// Why it was refused.
+    pub error: ImportError,
+}
+
+/// What verifying a run of blocks produced.
+struct VerifiedRun {
+    /// Senders of each verified block, in order: the blocks to import.
+    senders: Vec<Vec<Address>>,
+    /// The invalid block (position in the run) that ended it early.
+    stop: Option<(usize, ImportError)>,
+}
+
 /// What an import changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Imported {
@@ -74,6 +94,21 @@ pub struct Imported {
     pub finalized: Option<B256>,
     /// The epoch that started, if this block ended one.
     pub new_epoch: Option<u64>,
+    /// Where the time went.
+    pub timings: ImportTimings,
+}
+
+/// Time spent in each stage of one import, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportTimings {
+    /// Header rules: proposer seal and parent QC (for a run: its share of the batch).
+    pub verify_us: u64,
+    /// Transactions root and sender recovery (on all cores).
+    pub recover_us: u64,
+    /// Execution and the new state root.
+    pub execute_us: u64,
+    /// The atomic, fsynced database commit.
+    pub commit_us: u64,
 }
 
 /// Recovers the senders of `transactions`, spread over the machine's cores.
@@ -195,13 +230,210 @@ impl Importer {
                 head: self.head.hash(),
             });
         }
+        let mut clock = Stopwatch::start();
         let parent_set = self.validator_set(self.head.epoch)?;
         let set = self.validator_set(header.epoch)?;
         verify_header(header, &set, &self.spec)?;
         verify_link(header, &self.head, &parent_set, self.spec.chain_id)?;
+        let verify_us = clock.lap();
         block.verify_body()?;
         let senders = recover_senders(&block.transactions)?;
+        let recover_us = clock.lap();
+        let mut imported = self.execute_and_commit(block, &senders)?;
+        imported.timings.verify_us = verify_us;
+        imported.timings.recover_us = recover_us;
+        Ok(imported)
+    }
 
+    /// Imports consecutive blocks that extend the head, as sync delivers
+    /// them: the seals and parent QCs of a run are verified as one randomized
+    /// batch on two threads and all senders are recovered on all cores; then
+    /// each block is executed and committed on its own (one atomic commit per
+    /// block). Stops at the first invalid block; the blocks before it stay
+    /// imported.
+    pub fn import_chain(&mut self, blocks: &[Block]) -> Result<Vec<Imported>, ChainImportError> {
+        let mut imported = Vec::with_capacity(blocks.len());
+        let mut start = 0;
+        while start < blocks.len() {
+            let mut clock = Stopwatch::start();
+            let run = self.verify_run(&blocks[start..]);
+            let verify_us = clock.lap() / run.senders.len().max(1) as u64;
+            let verified = run.senders.len();
+            for (offset, senders) in run.senders.iter().enumerate() {
+                match self.execute_and_commit(&blocks[start + offset], senders) {
+                    Ok(mut done) => {
+                        done.timings.verify_us = verify_us;
+                        imported.push(done);
+                    }
+                    Err(error) => {
+                        let index = start + offset;
+                        return Err(ChainImportError {
+                            index,
+                            imported: imported.len(),
+                            error,
+                        });
+                    }
+                }
+            }
+            if let Some((offset, error)) = run.stop {
+                let index = start + offset;
+                return Err(ChainImportError {
+                    index,
+                    imported: imported.len(),
+                    error,
+                });
+            }
+            start += verified;
+        }
+        Ok(imported)
+    }
+
+    /// Verifies the longest valid prefix of `blocks` whose validator sets
+    /// are known. Returns each verified block's senders, and the error that
+    /// ended the prefix early, if any.
+    fn verify_run(&mut self, blocks: &[Block]) -> VerifiedRun {
+        let mut batch = SignatureBatch::default();
+        let mut owner_of_check = Vec::new(); // batch item -> block index
+        let mut parent = self.head.clone();
+        let mut stop = None;
+        let mut len = 0;
+        for (i, block) in blocks.iter().enumerate() {
+            let header = &block.header;
+            if header.parent_hash != parent.hash() {
+                let error = ImportError::NotOnHead {
+                    number: header.number,
+                    parent: header.parent_hash,
+                    head: parent.hash(),
+                };
+                stop = Some((i, error));
+                break;
+            }
+            let sets = self
+                .validator_set(parent.epoch)
+                .and_then(|p| Ok((p, self.validator_set(header.epoch)?)));
+            let (parent_set, set) = match sets {
+                Ok(sets) => sets,
+                Err(ImportError::UnknownEpoch(_)) if i > 0 => break, // known after this run
+                Err(e) => {
+                    stop = Some((i, e));
+                    break;
+                }
+            };
+            let checks = (|| {
+                check_header(header, &set, &self.spec)?;
+                push_seal(&mut batch, header, &set, self.spec.chain_id)?;
+                if let Some(qc) = check_link(header, &parent, &parent_set)? {
+                    batch
+                        .push_qc(qc, &parent_set, self.spec.chain_id)
+                        .map_err(HeaderError::BadParentQc)?;
+                }
+                Ok::<_, HeaderError>(())
+            })();
+            if let Err(e) = checks {
+                batch.truncate(owner_of_check.len());
+                stop = Some((i, e.into()));
+                break;
+            }
+            owner_of_check.resize(batch.len(), i);
+            parent = header.header.clone();
+            len = i + 1;
+        }
+
+        // Signatures: one randomized batch, half on each thread.
+        let mut randomness = [[0u8; 32]; 2];
+        for r in &mut randomness {
+            getrandom::fill(r).expect("the operating system provides randomness");
+        }
+        let half = batch.len() / 2;
+        let signatures_ok = std::thread::scope(|scope| {
+            let second = scope.spawn(|| batch.verify_range(half..batch.len(), randomness[1]));
+            let first = batch.verify_range(0..half, randomness[0]);
+            first & second.join().expect("verification does not panic")
+        });
+        if !signatures_ok {
+            let bad = batch
+                .first_invalid()
+                .expect("a failing batch has a failing member");
+            let index = owner_of_check[bad];
+            stop = Some((index, self.explain_bad_signature(blocks, index)));
+            len = index;
+        }
+
+        // Bodies and senders, spread over the cores.
+        if let Some(i) = blocks[..len].iter().position(|b| b.verify_body().is_err()) {
+            let error = blocks[i].verify_body().expect_err("just failed");
+            stop = Some((i, error.into()));
+            len = i;
+        }
+        let run = &blocks[..len];
+        let all: Vec<SignedTransaction> = run
+            .iter()
+            .flat_map(|b| b.transactions.iter().cloned())
+            .collect();
+        let recovered = match recover_senders(&all) {
+            Ok(recovered) => recovered,
+            Err(ImportError::Sender { index, error }) => {
+                // Keep the blocks before the one with the bad signature.
+                let (mut block, mut offset) = (0, index);
+                while offset >= run[block].transactions.len() {
+                    offset -= run[block].transactions.len();
+                    block += 1;
+                }
+                let before: usize = run[..block].iter().map(|b| b.transactions.len()).sum();
+                stop = Some((
+                    block,
+                    ImportError::Sender {
+                        index: offset,
+                        error,
+                    },
+                ));
+                len = block;
+                all[..before]
+                    .iter()
+                    .map(|tx| tx.recover_sender().unwrap_or_default())
+                    .collect()
+            }
+            Err(other) => unreachable!("recover_senders only fails with Sender: {other}"),
+        };
+        let mut recovered = recovered.into_iter();
+        let senders = blocks[..len]
+            .iter()
+            .map(|b| recovered.by_ref().take(b.transactions.len()).collect())
+            .collect();
+        VerifiedRun { senders, stop }
+    }
+
+    /// Re-checks block `index` of a run alone to name the signature rule it broke.
+    fn explain_bad_signature(&mut self, blocks: &[Block], index: usize) -> ImportError {
+        let parent = match index {
+            0 => self.head.clone(),
+            _ => blocks[index - 1].header.header.clone(),
+        };
+        let header = &blocks[index].header;
+        let mut check = || -> Result<(), ImportError> {
+            let set = self.validator_set(header.epoch)?;
+            verify_header(header, &set, &self.spec)?;
+            let parent_set = self.validator_set(parent.epoch)?;
+            verify_link(header, &parent, &parent_set, self.spec.chain_id)?;
+            Ok(())
+        };
+        check()
+            .err()
+            .unwrap_or(ImportError::Header(HeaderError::BadSeal(
+                QcError::BadSignature,
+            )))
+    }
+
+    /// Executes a verified block and commits it with everything it changed.
+    fn execute_and_commit(
+        &mut self,
+        block: &Block,
+        senders: &[Address],
+    ) -> Result<Imported, ImportError> {
+        let mut clock = Stopwatch::start();
+        let header = &block.header;
+        let parent_set = self.validator_set(self.head.epoch)?;
+        let set = self.validator_set(header.epoch)?;
         let sets = [(self.head.epoch, parent_set), (header.epoch, set)];
         let older = |epoch: u64| self.store.validator_set(epoch).ok().flatten();
         let set_of_epoch = |epoch: u64| {
@@ -215,21 +447,19 @@ impl Importer {
             &self.spec,
             &self.head,
             block,
-            &senders,
+            senders,
             &set_of_epoch,
         )?;
+        let execute_us = clock.lap();
 
         let new_set = match &output.epoch_transition {
-            Some(t) => {
-                let next = ValidatorSet::new(self.state.rotation().next_validators().to_vec());
-                match next {
-                    Ok(next) => Some((t.epoch + 1, next)),
-                    Err(e) => {
-                        self.reload_state()?;
-                        return Err(e.into());
-                    }
+            Some(t) => match ValidatorSet::new(self.state.rotation().next_validators().to_vec()) {
+                Ok(next) => Some((t.epoch + 1, next)),
+                Err(e) => {
+                    self.reload_state()?;
+                    return Err(e.into());
                 }
-            }
+            },
             None => None,
         };
         // Two-chain rule: this block certifies its parent; if the parent sits
@@ -254,6 +484,7 @@ impl Importer {
             self.reload_state()?;
             return Err(e.into());
         }
+        let commit_us = clock.lap();
         if let Some((epoch, set)) = new_set {
             self.sets.insert(epoch, set);
         }
@@ -263,11 +494,33 @@ impl Importer {
             number: header.number,
             finalized,
             new_epoch: output.epoch_transition.map(|t| t.epoch),
+            timings: ImportTimings {
+                execute_us,
+                commit_us,
+                ..Default::default()
+            },
         })
     }
 
     fn reload_state(&mut self) -> Result<(), ImportError> {
         self.state = self.store.load_state(&self.spec)?;
         Ok(())
+    }
+}
+
+/// Measures consecutive stages.
+struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// Microseconds since the last lap.
+    fn lap(&mut self) -> u64 {
+        let now = std::time::Instant::now();
+        let us = now.duration_since(self.0).as_micros() as u64;
+        self.0 = now;
+        us
     }
 }

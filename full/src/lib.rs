@@ -31,7 +31,7 @@ pub mod trie;
 mod test_support;
 
 pub use execution::{BlockError, BlockOutput, TxRejection, build_block, execute_block};
-pub use import::{ImportError, Imported, Importer};
+pub use import::{ChainImportError, ImportError, ImportTimings, Imported, Importer};
 pub use mempool::Mempool;
 pub use rotation::{EpochTransitionResult, RotationStats, ValidatorRotation};
 pub use state::ChainState;

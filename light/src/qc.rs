@@ -185,11 +185,27 @@ impl QcError {
     }
 }
 
-/// A QC whose structure and stake have been checked, ready for the pairing check.
+/// A QC whose structure and stake have been checked (or a single
+/// signature), ready for the pairing check.
+#[derive(Debug)]
 struct PreparedQc {
     root: B256,
     aggregate_key: PublicKey,
     signature: Signature,
+}
+
+impl PreparedQc {
+    fn verify(&self) -> bool {
+        let result = self.signature.verify(
+            true,
+            self.root.as_slice(),
+            SIGNATURE_DST,
+            &[],
+            &self.aggregate_key,
+            false,
+        );
+        result == BLST_ERROR::BLST_SUCCESS
+    }
 }
 
 impl QuorumCert {
@@ -211,16 +227,9 @@ impl QuorumCert {
     /// Verifies this QC against the epoch's set. Returns the signers' stake.
     pub fn verify(&self, set: &ValidatorSet, chain_id: u64) -> Result<U256, QcError> {
         let (prepared, signed) = self.prepare(set, chain_id)?;
-        match prepared.signature.verify(
-            true,
-            prepared.root.as_slice(),
-            SIGNATURE_DST,
-            &[],
-            &prepared.aggregate_key,
-            false,
-        ) {
-            BLST_ERROR::BLST_SUCCESS => Ok(signed),
-            _ => Err(QcError::BadSignature),
+        match prepared.verify() {
+            true => Ok(signed),
+            false => Err(QcError::BadSignature),
         }
     }
 
@@ -280,31 +289,101 @@ pub struct BatchError {
 /// Each QC is weighted by a 64-bit scalar derived from `randomness`, which the
 /// caller must draw freshly and keep secret from whoever supplied the QCs
 /// (this crate does no I/O, so it cannot draw it itself). On failure the
-/// batch is re-checked one by one to name the first bad QC. Runs on one core.
+/// batch is re-checked one by one to name the first bad QC. Runs on one core;
+/// to use more, split the items and verify each part on its own thread.
 pub fn verify_batch(
     items: &[(&QuorumCert, &ValidatorSet)],
     chain_id: u64,
     randomness: [u8; 32],
 ) -> Result<(), BatchError> {
-    let mut prepared = Vec::with_capacity(items.len());
+    let mut batch = SignatureBatch::default();
     for (index, (qc, set)) in items.iter().enumerate() {
-        let (p, _) = qc
-            .prepare(set, chain_id)
-            .map_err(|error| BatchError { index, error })?;
-        prepared.push(p);
-    }
-    if prepared.is_empty() {
-        return Ok(());
-    }
-    if batch_equation_holds(&prepared, &randomness) {
-        return Ok(());
-    }
-    // Name the culprit.
-    for (index, (qc, set)) in items.iter().enumerate() {
-        qc.verify(set, chain_id)
+        batch
+            .push_qc(qc, set, chain_id)
             .map_err(|error| BatchError { index, error })?;
     }
-    unreachable!("a batch that fails has a member that fails on its own")
+    match batch.verify(randomness) {
+        true => Ok(()),
+        false => Err(BatchError {
+            index: batch
+                .first_invalid()
+                .expect("a failing batch has a failing member"),
+            error: QcError::BadSignature,
+        }),
+    }
+}
+
+/// BLS checks collected to be verified together: QCs (after their bitfield
+/// and stake checks) and single signatures such as proposer seals.
+#[derive(Debug, Default)]
+pub struct SignatureBatch {
+    items: Vec<PreparedQc>,
+}
+
+impl SignatureBatch {
+    /// Adds a QC; its structure and stake are checked now, its signature later.
+    pub fn push_qc(
+        &mut self,
+        qc: &QuorumCert,
+        set: &ValidatorSet,
+        chain_id: u64,
+    ) -> Result<(), QcError> {
+        let (prepared, _) = qc.prepare(set, chain_id)?;
+        self.items.push(prepared);
+        Ok(())
+    }
+
+    /// Adds one signature by one (already validated) key over `signing_root`.
+    pub fn push_signature(
+        &mut self,
+        key: &PublicKey,
+        signing_root: B256,
+        signature: &BlsSignature,
+    ) -> Result<(), QcError> {
+        let signature = bls::decode_signature(signature).map_err(QcError::from_bls)?;
+        self.items.push(PreparedQc {
+            root: signing_root,
+            aggregate_key: *key,
+            signature,
+        });
+        Ok(())
+    }
+
+    /// Drops the checks from position `len` on (those of a block that
+    /// failed half-way through being added).
+    pub fn truncate(&mut self, len: usize) {
+        self.items.truncate(len);
+    }
+
+    /// Number of checks collected.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing was collected.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether every signature verifies (randomized, see [`verify_batch`]).
+    pub fn verify(&self, randomness: [u8; 32]) -> bool {
+        self.verify_range(0..self.items.len(), randomness)
+    }
+
+    /// Whether the signatures in `range` verify: lets a caller spread one
+    /// batch over several threads.
+    pub fn verify_range(&self, range: std::ops::Range<usize>, randomness: [u8; 32]) -> bool {
+        match self.items.get(range) {
+            Some([]) => true,
+            Some(items) => batch_equation_holds(items, &randomness),
+            None => false,
+        }
+    }
+
+    /// The position of the first check that fails on its own, if any.
+    pub fn first_invalid(&self) -> Option<usize> {
+        self.items.iter().position(|p| !p.verify())
+    }
 }
 
 /// Checks `e(g1, Σ rᵢ·σᵢ) = Π e(rᵢ·pkᵢ, H(mᵢ))` for random 64-bit `rᵢ`.

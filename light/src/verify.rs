@@ -2,10 +2,11 @@
 //! validator set. The full node and the light client both verify with these
 //! functions and nothing else.
 
+use crate::bls;
 use crate::chain_spec::ChainSpec;
 use crate::evidence::verify_seal;
 use crate::header::{CertifiedHeader, Header, SignedHeader};
-use crate::qc::{QcError, QuorumCert};
+use crate::qc::{QcError, QuorumCert, SignatureBatch};
 use crate::validator::ValidatorSet;
 use alloy_primitives::{B256, U256};
 
@@ -126,6 +127,17 @@ pub fn verify_header(
     set: &ValidatorSet,
     spec: &ChainSpec,
 ) -> Result<(), HeaderError> {
+    check_header(header, set, spec)?;
+    verify_seal(header, set, spec.chain_id).map_err(HeaderError::BadSeal)
+}
+
+/// [`verify_header`] without the seal's pairing check, for callers that
+/// verify seals in a [`SignatureBatch`] (see [`push_seal`]).
+pub fn check_header(
+    header: &SignedHeader,
+    set: &ValidatorSet,
+    spec: &ChainSpec,
+) -> Result<(), HeaderError> {
     if header.validator_set_hash != set.hash() {
         return Err(HeaderError::SetHashMismatch {
             header: header.validator_set_hash,
@@ -161,7 +173,28 @@ pub fn verify_header(
             got,
         });
     }
-    verify_seal(header, set, spec.chain_id).map_err(HeaderError::BadSeal)
+    Ok(())
+}
+
+/// Adds a header's seal to `batch` (after [`check_header`] has passed).
+pub fn push_seal(
+    batch: &mut SignatureBatch,
+    header: &SignedHeader,
+    set: &ValidatorSet,
+    chain_id: u64,
+) -> Result<(), HeaderError> {
+    let index = header.proposer_index as usize;
+    let key =
+        set.decoded_keys()
+            .get(index)
+            .ok_or(HeaderError::BadSeal(QcError::SignerOutsideSet {
+                index,
+                set_len: set.len(),
+            }))?;
+    let root = bls::proposal_signing_root(chain_id, &header.hash());
+    batch
+        .push_signature(key, root, &header.proposer_signature)
+        .map_err(HeaderError::BadSeal)
 }
 
 /// Checks that `child` extends `parent`: number, hash link, slot order, epoch
@@ -174,6 +207,21 @@ pub fn verify_link(
     parent_set: &ValidatorSet,
     chain_id: u64,
 ) -> Result<U256, HeaderError> {
+    match check_link(child, parent, parent_set)? {
+        Some(qc) => qc
+            .verify(parent_set, chain_id)
+            .map_err(HeaderError::BadParentQc),
+        None => Ok(U256::ZERO),
+    }
+}
+
+/// [`verify_link`] without the parent QC's signature check: returns the QC
+/// still to verify against `parent_set` (none for a child of genesis).
+pub fn check_link<'a>(
+    child: &'a Header,
+    parent: &Header,
+    parent_set: &ValidatorSet,
+) -> Result<Option<&'a QuorumCert>, HeaderError> {
     let parent_hash = parent.hash();
     if child.number != parent.number.saturating_add(1) || parent.number == u64::MAX {
         return Err(HeaderError::NotNextNumber {
@@ -211,7 +259,7 @@ pub fn verify_link(
     }
     if parent.is_genesis() {
         return if child.parent_qc == QuorumCert::genesis() {
-            Ok(U256::ZERO)
+            Ok(None)
         } else {
             Err(HeaderError::ParentQcMismatch {
                 qc_hash: child.parent_qc.block_hash,
@@ -231,10 +279,7 @@ pub fn verify_link(
             given: parent_set.hash(),
         });
     }
-    child
-        .parent_qc
-        .verify(parent_set, chain_id)
-        .map_err(HeaderError::BadParentQc)
+    Ok(Some(&child.parent_qc))
 }
 
 impl CertifiedHeader {

@@ -177,3 +177,57 @@ fn a_wallet_stake_activates_a_new_validator_who_then_proposes() {
         "the newcomer proposes blocks"
     );
 }
+
+#[test]
+fn runs_import_like_single_blocks_and_stop_at_the_first_bad_block() {
+    let v = Validators::devnet(4);
+    let spec = v.spec.clone();
+    let mut producer = Producer::new(v);
+    let alice = dev_signer(0);
+    let mut blocks = Vec::new();
+    for _ in 0..20 {
+        let nonce = producer.state().account(&DEV_ACCOUNTS[0]).nonce;
+        let tx = transfer(
+            &alice,
+            spec.chain_id,
+            nonce,
+            Address::repeat_byte(3),
+            U256::from(2),
+        );
+        blocks.push(producer.next_block(vec![(tx, DEV_ACCOUNTS[0])]));
+    }
+    let one_by_one_dir = tempfile::tempdir().unwrap();
+    let mut one_by_one = Importer::open(spec.clone(), one_by_one_dir.path().join("db")).unwrap();
+    for block in &blocks {
+        one_by_one.import(block).unwrap();
+    }
+    let run_dir = tempfile::tempdir().unwrap();
+    let mut run = Importer::open(spec.clone(), run_dir.path().join("db")).unwrap();
+    let imported = run.import_chain(&blocks).unwrap();
+    assert_eq!(
+        imported.len(),
+        20,
+        "the run crosses epoch boundaries and still imports whole"
+    );
+    assert_eq!(run.head(), one_by_one.head());
+    assert_eq!(
+        run.store().finalized_hash().unwrap(),
+        one_by_one.store().finalized_hash().unwrap()
+    );
+
+    // A forged seal in the middle of a run: the blocks before it are imported.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let mut bad = Importer::open(spec.clone(), bad_dir.path().join("db")).unwrap();
+    let mut forged = blocks.clone();
+    forged[12].header.proposer_signature = blocks[11].header.proposer_signature;
+    let err = bad.import_chain(&forged).unwrap_err();
+    assert_eq!((err.index, err.imported), (12, 12), "{err}");
+    assert!(
+        matches!(err.error, ImportError::Header(HeaderError::BadSeal(_))),
+        "{err}"
+    );
+    assert_eq!(bad.head().number, 12);
+    // The rest imports once the good block arrives.
+    bad.import_chain(&blocks[12..]).unwrap();
+    assert_eq!(bad.head(), one_by_one.head());
+}

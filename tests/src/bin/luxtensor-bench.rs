@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let scenario = args.iter().find(|a| !a.starts_with("--"));
     match scenario.map(String::as_str) {
         Some("qc-verify") => qc_verify(quick),
+        Some("import") => import(quick),
         other => {
             if let Some(name) = other {
                 eprintln!("unknown scenario `{name}`");
@@ -205,4 +206,140 @@ fn batch_floor_parts(
         ],
     );
     [v[0], v[1], v[2]]
+}
+
+/// Imports pre-built blocks of 100 transfers each (20 senders) into a fresh
+/// on-disk store: parent QC and proposer seal verified, senders recovered on
+/// both cores, executed, state root updated, committed with fsync.
+fn import(quick: bool) {
+    use alloy_primitives::{Address, U256};
+    use luxtensor_full::{ChainState, ImportTimings, Importer};
+    use luxtensor_light::chain_spec::DEV_ACCOUNTS;
+    use luxtensor_tests::producer::Producer;
+    use luxtensor_tests::wallet::{dev_signer, transfer};
+    use std::time::Instant;
+
+    const BENCH: &str = "import";
+    const TXS_PER_BLOCK: usize = 100;
+    let blocks = if quick { 8 } else { 60 };
+    let validators = luxtensor_tests::Validators::devnet(4);
+    let spec = validators.spec.clone();
+    let signers: Vec<_> = (0..20).map(dev_signer).collect();
+    let mut producer = Producer::new(validators);
+    let chain: Vec<_> = (0..blocks)
+        .map(|_| {
+            let txs = (0..TXS_PER_BLOCK)
+                .map(|i| {
+                    let from = DEV_ACCOUNTS[i % 20];
+                    let nonce = producer.state().account(&from).nonce + (i / 20) as u64;
+                    let to = Address::with_last_byte((i % 251) as u8);
+                    (
+                        transfer(&signers[i % 20], spec.chain_id, nonce, to, U256::from(1)),
+                        from,
+                    )
+                })
+                .collect();
+            producer.next_block(txs)
+        })
+        .collect();
+    let transfers: usize = chain.iter().map(|b| b.transactions.len()).sum();
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut importer = Importer::open(spec, dir.path().join("db")).expect("open store");
+    let mut total = ImportTimings::default();
+    let start = Instant::now();
+    for block in &chain {
+        let t = importer.import(block).expect("valid block").timings;
+        total.verify_us += t.verify_us;
+        total.recover_us += t.recover_us;
+        total.execute_us += t.execute_us;
+        total.commit_us += t.commit_us;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    report(
+        BENCH,
+        "blocks_per_s",
+        chain.len() as f64 / seconds,
+        "blocks/s",
+    );
+    report(BENCH, "transfers_per_s", transfers as f64 / seconds, "tx/s");
+    let n = chain.len() as f64;
+    report(
+        BENCH,
+        "verify_us_per_block",
+        total.verify_us as f64 / n,
+        "us",
+    );
+    report(
+        BENCH,
+        "recover_us_per_block",
+        total.recover_us as f64 / n,
+        "us",
+    );
+    report(
+        BENCH,
+        "execute_us_per_block",
+        total.execute_us as f64 / n,
+        "us",
+    );
+    report(
+        BENCH,
+        "commit_us_per_block",
+        total.commit_us as f64 / n,
+        "us",
+    );
+
+    let sample: Vec<_> = chain
+        .iter()
+        .flat_map(|b| b.transactions.iter())
+        .take(200)
+        .collect();
+    let ecrecover = median_us(5, 1, || {
+        for tx in &sample {
+            black_box(tx.recover_sender().unwrap());
+        }
+    }) / sample.len() as f64;
+    report(BENCH, "ecrecover_us", ecrecover, "us");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    report(
+        BENCH,
+        "ecrecover_limit_tx_per_s",
+        cores * 1e6 / ecrecover,
+        "tx/s",
+    );
+
+    // State root of a block touching 100 accounts in a state of 100,000.
+    let accounts = if quick { 20_000u64 } else { 100_000 };
+    let mut state = ChainState::from_parts(
+        (0..accounts).map(|i| {
+            let mut bytes = [0u8; 20];
+            bytes[..8].copy_from_slice(&i.to_be_bytes());
+            let account = luxtensor_light::Account {
+                balance: U256::from(i + 1),
+                ..Default::default()
+            };
+            (Address::from(bytes), account)
+        }),
+        producer.state().rotation().clone(),
+    );
+    let full_start = Instant::now();
+    state.state_root();
+    let full_ms = full_start.elapsed().as_secs_f64() * 1e3;
+    let mut round = 0u64;
+    let incremental_ms = median_us(5, 1, || {
+        round += 1;
+        for i in 0..100u64 {
+            let mut bytes = [0u8; 20];
+            bytes[..8].copy_from_slice(&(i * 997 % accounts).to_be_bytes());
+            state.credit(Address::from(bytes), U256::from(round));
+        }
+        black_box(state.state_root());
+    }) / 1e3;
+    let label = if quick {
+        "state_root_ms_20k"
+    } else {
+        "state_root_ms_100k"
+    };
+    report(BENCH, label, incremental_ms, "ms");
+    report(BENCH, &format!("{}_full_rebuild", label), full_ms, "ms");
 }
