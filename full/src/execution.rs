@@ -175,6 +175,23 @@ pub enum BlockError {
     /// The proposer index is not in the set.
     #[error("proposer index {0} is outside the validator set")]
     UnknownProposer(u32),
+    /// The header's epoch is not the one the rotation is in (or just left,
+    /// for the empty blocks that finalize an epoch's ending block).
+    #[error("header epoch {header} does not match the rotation's epoch {rotation}")]
+    WrongEpoch {
+        /// Epoch in the header.
+        header: u64,
+        /// The rotation's current epoch.
+        rotation: u64,
+    },
+    /// A new epoch may start only once the previous epoch's ending block is
+    /// final: its parent must be a certified block after the ending block,
+    /// in the slot right after the block it certifies.
+    #[error("epoch {epoch} starts before the ending block of epoch {previous} is final", previous = epoch - 1)]
+    EpochStartsEarly {
+        /// The epoch the header starts.
+        epoch: u64,
+    },
     /// A header commitment does not match the execution result.
     #[error("{field} mismatch: header has {header}, execution gives {computed}")]
     Commitment {
@@ -576,6 +593,7 @@ fn execute_block_inner(
             epoch: header.epoch,
         });
     }
+    check_epoch_and_sets(state, spec, parent, header)?;
     let set =
         set_of_epoch(header.epoch).ok_or(BlockError::UnknownProposer(header.proposer_index))?;
     let coinbase = set
@@ -649,6 +667,59 @@ fn execute_block_inner(
         }
     }
     Ok(output)
+}
+
+/// Checks the header's epoch and set commitments against the rotation: every
+/// node derives the sets from the same staking transactions, so a proposer
+/// cannot announce a next set of its own making.
+fn check_epoch_and_sets(
+    state: &ChainState,
+    spec: &ChainSpec,
+    parent: &Header,
+    header: &Header,
+) -> Result<(), BlockError> {
+    let rotation = state.rotation();
+    let current = rotation.current_epoch();
+    let (set_hash, next_hash) = if header.epoch == current {
+        (rotation.current_set_hash(), rotation.next_set_hash())
+    } else if header.epoch + 1 == current
+        && epoch_position(spec, parent, header) == EpochPosition::AfterEnd
+    {
+        // The empty blocks after an ending block still belong to the old epoch.
+        (parent.validator_set_hash, rotation.current_set_hash())
+    } else {
+        return Err(BlockError::WrongEpoch {
+            header: header.epoch,
+            rotation: current,
+        });
+    };
+    for (field, header_hash, expected) in [
+        ("validator set hash", header.validator_set_hash, set_hash),
+        (
+            "next validator set hash",
+            header.next_validator_set_hash,
+            next_hash,
+        ),
+    ] {
+        if header_hash != expected {
+            return Err(BlockError::Commitment {
+                field,
+                header: header_hash.to_string(),
+                computed: expected.to_string(),
+            });
+        }
+    }
+    if header.epoch == parent.epoch + 1 && !parent.is_genesis() {
+        let certified = &parent.parent_qc; // the QC in the parent certifies the grandparent
+        let after_ending = certified.slot >= last_slot_of_epoch(spec, parent.epoch);
+        let grandparent_final = parent.slot == certified.slot + 1;
+        if !(after_ending && grandparent_final) {
+            return Err(BlockError::EpochStartsEarly {
+                epoch: header.epoch,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Builds the body and commitments of a new block on `parent` for the

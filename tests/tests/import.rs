@@ -231,3 +231,53 @@ fn runs_import_like_single_blocks_and_stop_at_the_first_bad_block() {
     bad.import_chain(&blocks[12..]).unwrap();
     assert_eq!(bad.head(), one_by_one.head());
 }
+
+/// Re-seals a modified header with the devnet key of the proposer it names.
+fn reseal(block: &mut luxtensor_light::Block, edit: impl FnOnce(&mut luxtensor_light::Header)) {
+    let mut header = block.header.header.clone();
+    edit(&mut header);
+    let key = devnet_validator_key(header.proposer_index);
+    block.header = header.sign(&key, luxtensor_light::chain_spec::DEVNET_CHAIN_ID);
+}
+
+#[test]
+fn set_commitments_and_epoch_starts_follow_the_rotation() {
+    use luxtensor_full::execution::BlockError;
+    let dir = tempfile::tempdir().unwrap();
+    let v = Validators::devnet(4);
+    let spec = v.spec.clone();
+    let mut producer = Producer::new(v);
+    let mut importer = Importer::open(spec.clone(), dir.path().join("db")).unwrap();
+    // Up to the ending block of epoch 0 (slot 7).
+    for _ in 0..7 {
+        importer.import(&producer.next_block(vec![])).unwrap();
+    }
+    assert_eq!(importer.head().slot, 7);
+
+    // Skipping the block that finalizes the ending block: too early for epoch 1.
+    let mut early = producer.next_block(vec![]);
+    let next_set = producer.state().rotation().next_set_hash();
+    reseal(&mut early, |h| {
+        h.epoch = 1;
+        h.next_validator_set_hash = next_set;
+    });
+    let err = importer.import(&early).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::Execution(e) if matches!(**e, BlockError::EpochStartsEarly { epoch: 1 })),
+        "{err}"
+    );
+
+    // The finalizing block, then epoch 1 with a next set the rotation never chose.
+    let mut producer = Producer::resume(Validators::devnet(4), &mut importer);
+    importer.import(&producer.next_block(vec![])).unwrap();
+    let mut forged = producer.next_block(vec![]);
+    assert_eq!(forged.header.epoch, 1);
+    reseal(&mut forged, |h| {
+        h.next_validator_set_hash = Default::default()
+    });
+    let err = importer.import(&forged).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::Execution(e) if matches!(&**e, BlockError::Commitment { field: "next validator set hash", .. })),
+        "{err}"
+    );
+}

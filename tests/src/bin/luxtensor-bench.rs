@@ -251,7 +251,12 @@ fn import(quick: bool) {
     let mut total = ImportTimings::default();
     let start = Instant::now();
     for run in chain.chunks(16) {
-        for t in importer.import_chain(run).expect("valid blocks").iter().map(|i| i.timings) {
+        for t in importer
+            .import_chain(run)
+            .expect("valid blocks")
+            .iter()
+            .map(|i| i.timings)
+        {
             total.verify_us += t.verify_us;
             total.execute_us += t.execute_us;
             total.commit_us += t.commit_us;
@@ -265,13 +270,38 @@ fn import(quick: bool) {
     }
     let single_seconds = single_start.elapsed().as_secs_f64();
 
-    report(BENCH, "blocks_per_s", chain.len() as f64 / seconds, "blocks/s");
+    report(
+        BENCH,
+        "blocks_per_s",
+        chain.len() as f64 / seconds,
+        "blocks/s",
+    );
     report(BENCH, "transfers_per_s", transfers as f64 / seconds, "tx/s");
-    report(BENCH, "transfers_per_s_one_by_one", transfers as f64 / single_seconds, "tx/s");
+    report(
+        BENCH,
+        "transfers_per_s_one_by_one",
+        transfers as f64 / single_seconds,
+        "tx/s",
+    );
     let n = chain.len() as f64;
-    report(BENCH, "verify_and_recover_us_per_block", total.verify_us as f64 / n, "us");
-    report(BENCH, "execute_us_per_block", total.execute_us as f64 / n, "us");
-    report(BENCH, "commit_us_per_block", total.commit_us as f64 / n, "us");
+    report(
+        BENCH,
+        "verify_and_recover_us_per_block",
+        total.verify_us as f64 / n,
+        "us",
+    );
+    report(
+        BENCH,
+        "execute_us_per_block",
+        total.execute_us as f64 / n,
+        "us",
+    );
+    report(
+        BENCH,
+        "commit_us_per_block",
+        total.commit_us as f64 / n,
+        "us",
+    );
 
     let sample: Vec<_> = chain
         .iter()
