@@ -38,7 +38,7 @@
 //!
 //! ## Example
 //!
-//! ```ignore
+//! ```text
 //! let mut pool = Mempool::new(MempoolConfig::default());
 //! let sender = tx.recover_sender()?;
 //! pool.insert(tx, sender, state.nonce(&sender), head.base_fee)?;
