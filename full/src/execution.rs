@@ -33,6 +33,8 @@ use luxtensor_light::{
 pub const TRANSFER_GAS: u64 = 21_000;
 /// A slashed validator loses its stake divided by this.
 pub const SLASH_DIVISOR: u64 = 2;
+/// Most pieces of evidence one block may carry (each costs two pairings).
+pub const MAX_EVIDENCE_PER_BLOCK: usize = 16;
 
 /// The block-level facts a transaction executes against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +157,12 @@ pub enum BlockError {
     BusyAfterEpochEnd {
         /// The epoch.
         epoch: u64,
+    },
+    /// More evidence than a block may carry.
+    #[error("{count} pieces of evidence, at most {MAX_EVIDENCE_PER_BLOCK} per block")]
+    TooMuchEvidence {
+        /// Evidence in the block.
+        count: usize,
     },
     /// Evidence does not prove an offence, or is stale.
     #[error("evidence {index}: {reason}")]
@@ -449,6 +457,11 @@ fn staking_log(event: impl SolEvent) -> Log {
     }
 }
 
+/// The nominal epoch of `slot` under the rotation's epoch length.
+fn spec_epoch_of(state: &ChainState, slot: u64) -> u64 {
+    slot / state.rotation().config().epoch_length.max(1)
+}
+
 /// Slashes the offender named by valid, fresh, not yet punished evidence.
 fn apply_evidence(
     state: &mut ChainState,
@@ -468,7 +481,13 @@ fn apply_evidence(
         Evidence::DoubleVote(e) => e.first.slot,
         Evidence::DoubleProposal(e) => e.first.slot,
     };
-    if !state.rotation_mut().record_offence(offender, epoch, slot) {
+    let nominal = spec_epoch_of(state, slot);
+    if epoch > nominal {
+        return Err(format!(
+            "evidence claims epoch {epoch}, after its slot's epoch {nominal}"
+        ));
+    }
+    if !state.rotation_mut().record_offence(offender, slot) {
         return Err(format!(
             "offence of {offender} at slot {slot} was already punished"
         ));
@@ -483,6 +502,9 @@ fn apply_evidence(
         .rotation_mut()
         .slash_validator(&offender, penalty)
         .unwrap_or_default();
+    if taken.is_zero() {
+        return Err(format!("{offender} has no stake left to slash"));
+    }
     assert!(
         state.debit(STAKING_ADDRESS, taken),
         "the staking contract holds every stake"
@@ -496,11 +518,12 @@ fn apply_evidence(
 }
 
 /// Runs the epoch transition of an ending block: pays withdrawals, logs changes.
-fn end_epoch(state: &mut ChainState, epoch: u64) -> (EpochTransitionResult, Vec<Log>) {
-    let transition = state
-        .rotation_mut()
-        .process_epoch_transition(epoch + 1)
+fn end_epoch(state: &mut ChainState, ending: &Header) -> (EpochTransitionResult, Vec<Log>) {
+    let rotation = state.rotation_mut();
+    let transition = rotation
+        .process_epoch_transition(ending.epoch + 1)
         .expect("the ending block of the rotation's current epoch moves it by one");
+    rotation.record_ending_block_slot(ending.slot);
     let new_epoch = transition.epoch;
     let mut logs = Vec::new();
     for &owner in &transition.activated_validators {
@@ -621,13 +644,18 @@ fn execute_block_inner(
         output.gas_used = receipt.cumulative_gas_used();
         output.receipts.push(receipt);
     }
+    if block.evidence.len() > MAX_EVIDENCE_PER_BLOCK {
+        return Err(BlockError::TooMuchEvidence {
+            count: block.evidence.len(),
+        });
+    }
     for (index, evidence) in block.evidence.iter().enumerate() {
         let log = apply_evidence(state, evidence, set_of_epoch, spec.chain_id)
             .map_err(|reason| BlockError::Evidence { index, reason })?;
         output.system_logs.push(log);
     }
     if position == EpochPosition::Ending {
-        let (transition, logs) = end_epoch(state, header.epoch);
+        let (transition, logs) = end_epoch(state, header);
         output.system_logs.extend(logs);
         output.epoch_transition = Some(transition);
     }
@@ -710,8 +738,10 @@ fn check_epoch_and_sets(
         }
     }
     if header.epoch == parent.epoch + 1 && !parent.is_genesis() {
-        let certified = &parent.parent_qc; // the QC in the parent certifies the grandparent
-        let after_ending = certified.slot >= last_slot_of_epoch(spec, parent.epoch);
+        // The QC in the parent certifies the grandparent: it must be the
+        // ending block of the parent's epoch or a block after it, and final.
+        let certified = &parent.parent_qc;
+        let after_ending = certified.slot >= rotation.ending_block_slot();
         let grandparent_final = parent.slot == certified.slot + 1;
         if !(after_ending && grandparent_final) {
             return Err(BlockError::EpochStartsEarly {
@@ -762,7 +792,7 @@ pub fn build_block(
         }
     }
     if position == EpochPosition::Ending {
-        let (transition, logs) = end_epoch(state, header.epoch);
+        let (transition, logs) = end_epoch(state, &header);
         output.system_logs = logs;
         output.epoch_transition = Some(transition);
     }
@@ -1214,6 +1244,15 @@ mod tests {
         assert_eq!(slashed.amount, set.validators()[2].stake / U256::from(2));
         let err = apply_evidence(&mut c.state, &evidence, &|_| Some(set.clone()), id).unwrap_err();
         assert!(err.contains("already punished"), "{err}");
+        // The epoch is not signed: evidence may not claim one after its slot's.
+        let relabelled = Evidence::DoubleVote(Box::new(luxtensor_light::evidence::DoubleVote {
+            epoch: 1,
+            first: vote(B256::repeat_byte(3)),
+            second: vote(B256::repeat_byte(4)),
+        }));
+        let err =
+            apply_evidence(&mut c.state, &relabelled, &|_| Some(set.clone()), id).unwrap_err();
+        assert!(err.contains("after its slot's epoch"), "{err}");
     }
 
     #[test]

@@ -109,13 +109,16 @@ struct RotationState {
     /// Offences already punished (owner, slot), kept while still slashable.
     offences: Vec<Offence>,
     next_queue_position: u64,
+    /// Slot of the block that ended the previous epoch (0 before the first).
+    ending_block_slot: u64,
 }
 
 /// One punished offence, so that the same evidence never slashes twice.
+/// Kept until the slot's nominal epoch leaves the withdrawal window (the
+/// slot is signed; the epoch a piece of evidence claims is not).
 #[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
 struct Offence {
     owner: Address,
-    epoch: u64,
     slot: u64,
 }
 
@@ -177,6 +180,7 @@ impl ValidatorRotation {
                 withdrawals: Vec::new(),
                 offences: Vec::new(),
                 next_queue_position: 0,
+                ending_block_slot: 0,
             },
         }
     }
@@ -357,9 +361,9 @@ impl ValidatorRotation {
         Ok(())
     }
 
-    /// Records that `owner` was punished for its message(s) at `slot` of
-    /// `epoch`; false if that offence was already punished.
-    pub fn record_offence(&mut self, owner: Address, epoch: u64, slot: u64) -> bool {
+    /// Records that `owner` was punished for its message(s) at `slot`;
+    /// false if that offence was already punished.
+    pub fn record_offence(&mut self, owner: Address, slot: u64) -> bool {
         if self
             .state
             .offences
@@ -368,8 +372,20 @@ impl ValidatorRotation {
         {
             return false;
         }
-        self.state.offences.push(Offence { owner, epoch, slot });
+        self.state.offences.push(Offence { owner, slot });
         true
+    }
+
+    /// Records the slot of the block that ends the current epoch (the
+    /// executor calls it with the transition), so that the next epoch can
+    /// check that this block is final before it starts.
+    pub fn record_ending_block_slot(&mut self, slot: u64) {
+        self.state.ending_block_slot = slot;
+    }
+
+    /// Slot of the block that ended the previous epoch.
+    pub fn ending_block_slot(&self) -> u64 {
+        self.state.ending_block_slot
     }
 
     /// Slashes `amount` (capped at what is left) from the validator owned by
@@ -450,7 +466,10 @@ impl ValidatorRotation {
             withdrawals: self.pay_withdrawals(new_epoch),
         };
         let oldest = new_epoch.saturating_sub(self.withdrawal_delay_epochs);
-        self.state.offences.retain(|o| o.epoch >= oldest);
+        let epoch_length = self.config.epoch_length.max(1);
+        self.state
+            .offences
+            .retain(|o| o.slot / epoch_length >= oldest);
         Ok(result)
     }
 
@@ -461,41 +480,24 @@ impl ValidatorRotation {
             n => n as usize,
         };
         let base = self.state.next.clone();
-        let mut set = base.clone();
 
-        // Ejections of slashed members first (they do not count against churn).
+        // Decide first, change the queues only once the result is known to be
+        // non-empty. Ejections of slashed members do not count against churn.
         let slashed: Vec<Address> = self.state.slashed.iter().map(|s| s.owner).collect();
-        set.retain(|v| !slashed.contains(&v.owner));
-        self.state
+        let mut set: Vec<Validator> = base
+            .iter()
+            .filter(|v| !slashed.contains(&v.owner))
+            .cloned()
+            .collect();
+        let leaving: Vec<Address> = self
+            .state
             .exiting
-            .retain(|e| set.iter().any(|v| v.owner == e.owner));
-
-        // Due exits, in request order, up to the churn limit.
-        let mut exits = 0;
-        let mut leaving = Vec::new();
-        self.state.exiting.retain(|e| {
-            let due = e.exit_epoch <= epoch && exits < churn;
-            if due {
-                exits += 1;
-                leaving.push(e.owner);
-            }
-            !due
-        });
+            .iter()
+            .filter(|e| e.exit_epoch <= epoch && set.iter().any(|v| v.owner == e.owner))
+            .take(churn)
+            .map(|e| e.owner)
+            .collect();
         set.retain(|v| !leaving.contains(&v.owner));
-
-        if set.is_empty() {
-            // Never empty: postpone this epoch's departures (ejections stay recorded).
-            for owner in leaving {
-                self.state.exiting.insert(
-                    0,
-                    PendingExit {
-                        owner,
-                        exit_epoch: epoch,
-                    },
-                );
-            }
-            return base;
-        }
 
         // Activations: eligible requests by stake, then queue order, then
         // address, into the free seats and within churn.
@@ -520,16 +522,21 @@ impl ValidatorRotation {
             .take(seats)
             .map(|p| p.queue_position)
             .collect();
-        let mut joining: Vec<PendingActivation> = Vec::new();
-        self.state.pending.retain(|p| {
-            let join = chosen.contains(&p.queue_position);
-            if join {
-                joining.push(p.clone());
-            }
-            !join
-        });
-        joining.sort_by_key(|p| chosen.iter().position(|q| *q == p.queue_position));
-        set.extend(joining.into_iter().map(|p| p.validator));
+        set.extend(chosen.iter().map(|q| {
+            let p = self.state.pending.iter().find(|p| p.queue_position == *q);
+            p.expect("chosen from the queue").validator.clone()
+        }));
+
+        if set.is_empty() {
+            // Never empty: nobody leaves this time; ejections and exits stay queued.
+            return base;
+        }
+        self.state
+            .pending
+            .retain(|p| !chosen.contains(&p.queue_position));
+        self.state
+            .exiting
+            .retain(|e| !leaving.contains(&e.owner) && set.iter().any(|v| v.owner == e.owner));
 
         // Everyone who left starts the withdrawal delay with what slashing left them.
         for v in base
@@ -747,6 +754,42 @@ mod tests {
     }
 
     #[test]
+    fn a_fully_slashed_set_is_replaced_by_the_waiting_validators() {
+        let mut r = rotation(&[1, 2]);
+        r.request_validator_addition(validator(3, 32)).unwrap();
+        r.request_validator_addition(validator(4, 32)).unwrap();
+        advance(&mut r);
+        // set(2) is fixed with 1, 2, 3, 4? No: 3 and 4 activate at 2, so set(2) = [1, 2, 3, 4].
+        assert_eq!(owners(r.next_validators()), [1, 2, 3, 4]);
+        for i in 1..=4 {
+            r.slash_validator(&Address::repeat_byte(i), tokens(1))
+                .unwrap();
+        }
+        r.request_validator_addition(validator(5, 32)).unwrap();
+        advance(&mut r); // set(3): everyone slashed, but 5 arrives: the set is [5]
+        assert_eq!(owners(r.next_validators()), [5]);
+    }
+
+    #[test]
+    fn an_ejection_that_would_empty_the_set_waits_for_a_replacement() {
+        let mut r = rotation(&[1]);
+        r.slash_validator(&Address::repeat_byte(1), tokens(1))
+            .unwrap();
+        advance(&mut r);
+        assert_eq!(owners(r.next_validators()), [1], "the only validator stays");
+        r.request_validator_addition(validator(2, 32)).unwrap();
+        advance(&mut r);
+        advance(&mut r);
+        assert_eq!(
+            owners(r.next_validators()),
+            [2],
+            "ejected once a replacement exists"
+        );
+        let paid: Vec<_> = (0..8).flat_map(|_| advance(&mut r).withdrawals).collect();
+        assert_eq!(paid, vec![(Address::repeat_byte(1), tokens(31))]);
+    }
+
+    #[test]
     fn slashing_an_exiting_validator_and_double_slashing() {
         let mut r = rotation(&[1, 2, 3]);
         r.request_validator_exit(Address::repeat_byte(3)).unwrap();
@@ -795,12 +838,18 @@ mod tests {
     #[test]
     fn an_offence_is_punished_once_and_forgotten_after_the_delay() {
         let mut r = rotation(&[1, 2]);
-        assert!(r.record_offence(Address::repeat_byte(1), 0, 3));
-        assert!(!r.record_offence(Address::repeat_byte(1), 0, 3));
-        assert!(r.record_offence(Address::repeat_byte(1), 0, 4));
+        assert!(r.record_offence(Address::repeat_byte(1), 3));
+        assert!(!r.record_offence(Address::repeat_byte(1), 3));
+        assert!(r.record_offence(Address::repeat_byte(1), 4));
+        // Slot 4 is in nominal epoch 1 (4-slot epochs); the window is 4 epochs.
         for _ in 0..5 {
             advance(&mut r);
         }
+        assert!(
+            !r.record_offence(Address::repeat_byte(1), 4),
+            "still inside the window"
+        );
+        advance(&mut r);
         assert!(
             r.state.offences.is_empty(),
             "pruned once older than the withdrawal delay"

@@ -12,15 +12,10 @@
 //! caused them. A call that fails reverts: the sender pays the gas, nothing
 //! else changes, and the receipt has status 0.
 
-use alloy_primitives::{Address, Bytes, address, keccak256};
+use alloy_primitives::{Bytes, keccak256};
 use alloy_sol_types::sol;
 
-/// Where the staking contract lives.
-pub const STAKING_ADDRESS: Address = address!("0x0000000000000000000000000000000000001000");
-
-/// The contract's "code" as `eth_getCode` reports it: the single byte
-/// `0xfe` (INVALID): the contract is native and cannot be run by an EVM.
-pub const STAKING_CODE: [u8; 1] = [0xfe];
+pub use luxtensor_light::chain_spec::{STAKING_ADDRESS, STAKING_CODE};
 
 /// Gas a staking call costs on top of the intrinsic gas.
 pub const STAKING_CALL_GAS: u64 = 50_000;

@@ -31,6 +31,8 @@ pub struct AccountProof {
 struct Journal {
     accounts: HashMap<Address, Option<Account>>,
     rotation: ValidatorRotation,
+    /// `changed` before the block: a reverted write must not reach the store.
+    changed: BTreeSet<Address>,
 }
 
 /// Balances, nonces and the rotation, with an incrementally updated root.
@@ -173,6 +175,7 @@ impl ChainState {
         self.journal = Some(Journal {
             accounts: HashMap::new(),
             rotation: self.rotation.clone(),
+            changed: self.changed.clone(),
         });
     }
 
@@ -192,6 +195,7 @@ impl ChainState {
                 self.dirty.insert(address);
             }
             self.rotation = journal.rotation;
+            self.changed = journal.changed;
             self.dirty.insert(STAKING_ADDRESS);
         }
     }
@@ -295,6 +299,19 @@ mod tests {
     }
 
     #[test]
+    fn genesis_state_matches_the_spec_genesis_root() {
+        for n in [1, 4, 7] {
+            let spec = ChainSpec::devnet(n);
+            let mut state = ChainState::genesis(&spec);
+            assert_eq!(
+                state.rotation().state_hash(),
+                spec.genesis_rotation_state_hash()
+            );
+            assert_eq!(state.state_root(), spec.genesis_header().state_root);
+        }
+    }
+
+    #[test]
     fn reverted_block_restores_accounts_rotation_and_root() {
         let spec = ChainSpec::devnet(4);
         let mut state = ChainState::genesis(&spec);
@@ -305,6 +322,11 @@ mod tests {
         state.rotation_mut().process_epoch_transition(1).unwrap();
         state.revert_block();
         assert_eq!(state.state_root(), root);
+        let changes = state.take_changes();
+        assert!(
+            !changes.iter().any(|(a, _)| *a == Address::repeat_byte(9)),
+            "a reverted write never reaches the store: {changes:?}"
+        );
         assert_eq!(state.account(&Address::repeat_byte(9)), Account::default());
         assert_eq!(state.rotation().current_epoch(), 0);
         assert!(

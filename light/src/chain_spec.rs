@@ -11,6 +11,14 @@ use alloy_trie::EMPTY_ROOT_HASH;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
+/// Where the staking system contract lives (its rules are the full node's;
+/// the address and its genesis state are part of the chain's definition).
+pub const STAKING_ADDRESS: Address = address!("0x0000000000000000000000000000000000001000");
+
+/// The staking contract's "code" as `eth_getCode` reports it: the single
+/// byte `0xfe` (INVALID): the contract is native, not EVM bytecode.
+pub const STAKING_CODE: [u8; 1] = [0xfe];
+
 /// One token: 10^18 wei.
 pub const TOKEN: U256 = U256::from_limbs([1_000_000_000_000_000_000, 0, 0, 0]);
 
@@ -205,6 +213,12 @@ impl ChainSpec {
                 "the genesis validator set must not be empty",
             ));
         }
+        if r.max_validators as usize > crate::validator::MAX_SET_SIZE {
+            return Err(invalid(
+                "rotation.max_validators",
+                format!("must be at most {}", crate::validator::MAX_SET_SIZE),
+            ));
+        }
         if self.validators.len() > r.max_validators as usize {
             return Err(invalid(
                 "validators",
@@ -237,6 +251,9 @@ impl ChainSpec {
             .map_err(|e| invalid("validators", e.to_string()))?;
         let mut seen = HashSet::new();
         for a in &self.balances {
+            if a.address == STAKING_ADDRESS {
+                return Err(invalid("balances", "the staking contract holds only stake"));
+            }
             if !seen.insert(a.address) {
                 return Err(invalid(
                     "balances",
@@ -275,17 +292,61 @@ impl ChainSpec {
         slot / self.rotation.epoch_length
     }
 
-    /// Root of the genesis account state (funded accounts only).
+    /// Hash of the validator rotation's state at genesis: the canonical RLP
+    /// `[0, set, set, [], [], [], [], [], 0, 0]` (epoch, current set, next
+    /// set, pending activations, pending exits, slashes, withdrawals,
+    /// offences, next queue position, ending block slot). The full node's
+    /// rotation produces the same bytes (a test there checks it).
+    pub fn genesis_rotation_state_hash(&self) -> B256 {
+        let validators = self.genesis_validators();
+        let empty: [u8; 0] = [];
+        let mut payload = Vec::new();
+        alloy_rlp::Encodable::encode(&0u64, &mut payload);
+        alloy_rlp::encode_list(&validators, &mut payload);
+        alloy_rlp::encode_list(&validators, &mut payload);
+        for _ in 0..5 {
+            alloy_rlp::encode_list::<u8, u8>(&empty, &mut payload);
+        }
+        alloy_rlp::Encodable::encode(&0u64, &mut payload);
+        alloy_rlp::Encodable::encode(&0u64, &mut payload);
+        let mut out = Vec::with_capacity(payload.len() + 4);
+        alloy_rlp::Header {
+            list: true,
+            payload_length: payload.len(),
+        }
+        .encode(&mut out);
+        out.extend_from_slice(&payload);
+        keccak256(out)
+    }
+
+    /// Root of the genesis account state: the funded accounts and the
+    /// staking contract (holding the genesis stake; storage root = the
+    /// rotation's state hash; code hash = `keccak256(STAKING_CODE)`).
     pub fn genesis_state_root(&self) -> B256 {
-        alloy_trie::root::state_root_unhashed(self.balances.iter().map(|a| {
-            (
-                a.address,
-                Account {
-                    balance: a.balance,
-                    ..Default::default()
-                },
-            )
-        }))
+        let staked = self
+            .validators
+            .iter()
+            .fold(U256::ZERO, |sum, v| sum.saturating_add(v.stake));
+        let staking = Account {
+            nonce: 0,
+            balance: staked,
+            storage_root: self.genesis_rotation_state_hash(),
+            code_hash: keccak256(STAKING_CODE),
+        };
+        alloy_trie::root::state_root_unhashed(
+            self.balances
+                .iter()
+                .map(|a| {
+                    (
+                        a.address,
+                        Account {
+                            balance: a.balance,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .chain([(STAKING_ADDRESS, staking)]),
+        )
     }
 
     /// The genesis header. Its hash is the root of trust of a light client

@@ -330,11 +330,11 @@ const EXPECTED_PINS: [(&str, &str); 7] = [
     ),
     (
         "devnet(4) genesis state root",
-        "0x829ff6f5b5116bc96a7415872fed27f243e557a92cb82f69f89f20e8f8087874",
+        "0x539bfeb98ce586cb2e7e36a643ac56927ca6342221b4074c293bc5770e17e892",
     ),
     (
         "devnet(4) genesis hash",
-        "0x07a0fae84d135c5f7c5aaaf99756a5f5fac18b73bb2b30c34a35b739250797cd",
+        "0x3dbf5a7f59ada86722118f5db8c62f83d00e22f2bf43d9995bdf33fd89267d70",
     ),
     (
         "vote signing root",
@@ -342,7 +342,7 @@ const EXPECTED_PINS: [(&str, &str); 7] = [
     ),
     (
         "vote encoding hash",
-        "0xd432ccc056820d3de5c254968b1805982f6e88cfe8af38f30cfa80ef91e5d1e7",
+        "0xd9177d69f42ce1841af88044a726443dd863db40dabc3c8b3526020f31559cfd",
     ),
     // keccak256(rlp([])): the same constant as Ethereum's empty ommers hash.
     (
