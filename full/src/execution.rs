@@ -487,7 +487,9 @@ fn apply_evidence(
             "evidence claims epoch {epoch}, after its slot's epoch {nominal}"
         ));
     }
-    if !state.rotation_mut().record_offence(offender, slot) {
+    // Work on a copy so that refused evidence changes nothing.
+    let mut rotation = state.rotation().clone();
+    if !rotation.record_offence(offender, slot) {
         return Err(format!(
             "offence of {offender} at slot {slot} was already punished"
         ));
@@ -498,13 +500,13 @@ fn apply_evidence(
         .find(|v| v.owner == offender)
         .map(|v| v.stake);
     let penalty = stake.unwrap_or_default() / U256::from(SLASH_DIVISOR);
-    let taken = state
-        .rotation_mut()
+    let taken = rotation
         .slash_validator(&offender, penalty)
         .unwrap_or_default();
     if taken.is_zero() {
         return Err(format!("{offender} has no stake left to slash"));
     }
+    *state.rotation_mut() = rotation;
     assert!(
         state.debit(STAKING_ADDRESS, taken),
         "the staking contract holds every stake"
@@ -752,21 +754,65 @@ fn check_epoch_and_sets(
     Ok(())
 }
 
+/// What a proposer offers for a new block.
+pub struct Candidates<'a> {
+    /// Transactions with their recovered senders, in the order to try them.
+    pub transactions: Vec<(SignedTransaction, Address)>,
+    /// Slashing evidence to include if it is still valid and unpunished.
+    pub evidence: Vec<Evidence>,
+    /// The validator set of an epoch (to check evidence).
+    pub set_of_epoch: &'a dyn Fn(u64) -> Option<ValidatorSet>,
+}
+
+impl Candidates<'_> {
+    /// Nothing to include.
+    pub fn none() -> Candidates<'static> {
+        Candidates {
+            transactions: Vec::new(),
+            evidence: Vec::new(),
+            set_of_epoch: &|_| None,
+        }
+    }
+}
+
+/// A block built by [`build_block`], before its seal.
+#[derive(Debug, Clone)]
+pub struct BuiltBlock {
+    /// The header with every execution field filled in.
+    pub header: Header,
+    /// The transactions that were valid, in order.
+    pub transactions: Vec<SignedTransaction>,
+    /// The evidence that was valid, in order.
+    pub evidence: Vec<Evidence>,
+    /// What executing it produced.
+    pub output: BlockOutput,
+}
+
+impl BuiltBlock {
+    /// Seals the header with the proposer's key into a full block.
+    pub fn seal(self, key: &luxtensor_light::BlsSecretKey, chain_id: u64) -> Block {
+        Block {
+            header: self.header.sign(key, chain_id),
+            transactions: self.transactions,
+            evidence: self.evidence,
+        }
+    }
+}
+
 /// Builds the body and commitments of a new block on `parent` for the
 /// proposer at `proposer_index` of `set`: includes candidate transactions in
-/// order while they are valid and fit, skipping the rest, and fills in the
-/// header's execution fields. The state is left with the block applied.
-/// Returns the header (unsealed; the caller signs it), the included
-/// transactions, and the output.
-#[allow(clippy::too_many_arguments)]
+/// order while they are valid and fit, then candidate evidence that is still
+/// valid (in the same order [`execute_block`] applies them), skipping the
+/// rest, and fills in the header's execution fields. The state is left with
+/// the block applied.
 pub fn build_block(
     state: &mut ChainState,
     spec: &ChainSpec,
     parent: &Header,
     mut header: Header,
     set: &ValidatorSet,
-    candidates: impl IntoIterator<Item = (SignedTransaction, Address)>,
-) -> (Header, Vec<SignedTransaction>, BlockOutput) {
+    candidates: Candidates<'_>,
+) -> BuiltBlock {
     header.base_fee_per_gas = next_base_fee(parent);
     header.gas_limit = spec.gas_limit;
     let position = epoch_position(spec, parent, &header);
@@ -781,19 +827,27 @@ pub fn build_block(
         gas_limit: header.gas_limit,
     };
     let mut output = BlockOutput::default();
-    let mut included = Vec::new();
+    let mut transactions = Vec::new();
+    let mut evidence = Vec::new();
     if position != EpochPosition::AfterEnd {
-        for (tx, sender) in candidates {
+        for (tx, sender) in candidates.transactions {
             if let Ok(receipt) = execute_transaction(state, &tx, sender, &env, output.gas_used) {
                 output.gas_used = receipt.cumulative_gas_used();
                 output.receipts.push(receipt);
-                included.push(tx);
+                transactions.push(tx);
+            }
+        }
+        for item in candidates.evidence.into_iter().take(MAX_EVIDENCE_PER_BLOCK) {
+            // Applying mutates only on success; a refused item leaves no trace.
+            if let Ok(log) = apply_evidence(state, &item, candidates.set_of_epoch, spec.chain_id) {
+                output.system_logs.push(log);
+                evidence.push(item);
             }
         }
     }
     if position == EpochPosition::Ending {
         let (transition, logs) = end_epoch(state, &header);
-        output.system_logs = logs;
+        output.system_logs.extend(logs);
         output.epoch_transition = Some(transition);
     }
     output.logs_bloom = logs_bloom(&output.receipts);
@@ -803,9 +857,14 @@ pub fn build_block(
     header.logs_bloom = output.logs_bloom;
     header.receipts_root = output.receipts_root;
     header.state_root = output.state_root;
-    header.transactions_root = luxtensor_light::block::transactions_root(&included);
-    header.evidence_hash = luxtensor_light::block::evidence_hash(&[]);
-    (header, included, output)
+    header.transactions_root = luxtensor_light::block::transactions_root(&transactions);
+    header.evidence_hash = luxtensor_light::block::evidence_hash(&evidence);
+    BuiltBlock {
+        header,
+        transactions,
+        evidence,
+        output,
+    }
 }
 
 #[cfg(test)]
@@ -867,11 +926,18 @@ mod tests {
         /// Builds the next block at `slot` on a copy of the state, then imports it for real.
         fn produce(&mut self, slot: u64, txs: Vec<SignedTransaction>) -> (Block, BlockOutput) {
             let mut scratch = self.state.clone();
-            let candidates = txs.into_iter().map(|tx| {
-                let sender = tx.recover_sender().unwrap();
-                (tx, sender)
-            });
-            let (header, included, _) = build_block(
+            let transactions = txs
+                .into_iter()
+                .map(|tx| {
+                    let sender = tx.recover_sender().unwrap();
+                    (tx, sender)
+                })
+                .collect();
+            let candidates = Candidates {
+                transactions,
+                ..Candidates::none()
+            };
+            let built = build_block(
                 &mut scratch,
                 &self.spec,
                 &self.head,
@@ -879,12 +945,8 @@ mod tests {
                 &self.set,
                 candidates,
             );
-            let key = devnet_validator_key(header.proposer_index);
-            let block = Block {
-                header: header.sign(&key, self.spec.chain_id),
-                transactions: included,
-                evidence: vec![],
-            };
+            let key = devnet_validator_key(built.header.proposer_index);
+            let block = built.seal(&key, self.spec.chain_id);
             let output = self.import(&block).unwrap();
             (block, output)
         }

@@ -7,6 +7,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`rotation`] | [`ValidatorRotation`]: activation and exit queues, cap, churn, slashing, withdrawals |
+//! | [`slashing_protection`] | [`slashing_protection::SlashingProtection`]: a validator records what it signs before the signature leaves and refuses to double-vote or double-propose, across restarts (in memory, or in redb: the one module besides `store` that does I/O) |
 //! | [`trie`] | [`StateTrie`]: an in-memory Merkle-Patricia trie whose root costs time in proportion to what changed, with EIP-1186 proofs |
 //! | [`mempool`] | [`Mempool`]: bounded, per-sender nonce-ordered pending transactions |
 //! | [`staking`] | the staking system contract's address and ABI |
@@ -18,10 +19,13 @@
 //! The pure modules (everything but `store` and `import`) do no I/O, so the
 //! consensus engine and the simulator can drive them deterministically.
 
+pub mod block_tree;
+pub mod consensus;
 pub mod execution;
 pub mod import;
 pub mod mempool;
 pub mod rotation;
+pub mod slashing_protection;
 pub mod staking;
 pub mod state;
 pub mod store;

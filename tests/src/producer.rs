@@ -6,7 +6,7 @@
 use crate::Validators;
 use alloy_primitives::Address;
 use luxtensor_full::ChainState;
-use luxtensor_full::execution::{EpochPosition, build_block, epoch_position};
+use luxtensor_full::execution::{Candidates, EpochPosition, build_block, epoch_position};
 use luxtensor_light::{
     Block, BlsSecretKey, Header, QcBuilder, QuorumCert, SignedTransaction, ValidatorSet, Vote,
 };
@@ -147,8 +147,20 @@ impl Producer {
             parent_qc,
             ..self.head.clone()
         };
-        let (header, transactions, _) =
-            build_block(&mut self.state, spec, &self.head, template, &set, txs);
+        let candidates = Candidates {
+            transactions: txs,
+            ..Candidates::none()
+        };
+        let built = build_block(
+            &mut self.state,
+            spec,
+            &self.head,
+            template,
+            &set,
+            candidates,
+        );
+        let header = built.header.clone();
+        let transactions = built.transactions;
         let key = self.key_of(&set, header.proposer_index as usize);
         let sealed = header.clone().sign(key, spec.chain_id);
         self.head_qc = self.certify(&header, &set);

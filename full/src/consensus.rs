@@ -1,0 +1,680 @@
+//! The consensus engine: proposes, votes, aggregates and finalizes, as one
+//! sans-IO state machine per validator (the shape of quinn-proto's
+//! `Connection`: `handle_*` for inputs, [`Engine::poll_action`] for outputs).
+//! The node and the simulator drive the same object.
+//!
+//! Rules (two-chain HotStuff / Jolteon, see `docs/consensus.md`):
+//! - slot `s` starts at `genesis + s · slot_duration`; its proposer (drawn by
+//!   stake from the epoch's set) waits `proposal_delay_ms` to collect QCs,
+//!   then proposes on the block that its highest QC certifies (fork choice:
+//!   the highest certified block), carrying that QC;
+//! - a validator votes for block `B` of slot `s` only if `s` is the current
+//!   slot, `s` is above every slot it voted in, `B` is valid, and `B`'s parent
+//!   QC is at least as high as its own highest QC; the slashing-protection
+//!   record is written before the vote leaves;
+//! - votes are gossiped; whoever gathers more than 2/3 of the stake has a QC
+//!   and gossips it on its own, so the highest QC advances even when the next
+//!   proposer is absent;
+//! - a certified block whose certified child sits in the very next slot is
+//!   final, with its ancestors;
+//! - two votes or two proposals by one validator in one slot become evidence,
+//!   which the next proposals include.
+
+use crate::block_tree::{BlockTree, TreeError, TreeNode};
+use crate::execution::{self, Candidates, EpochPosition};
+use crate::mempool::{Mempool, MempoolConfig};
+use crate::slashing_protection::{SigningRequest, SlashingProtection};
+use crate::state::ChainState;
+use alloy_primitives::B256;
+use luxtensor_light::evidence::{DoubleProposal, DoubleVote};
+use luxtensor_light::{
+    Block, BlsPublicKey, BlsSecretKey, ChainSpec, Evidence, Header, QcBuilder, QuorumCert,
+    SignedHeader, SignedTransaction, ValidatorSet, Vote,
+};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Timing and bounds of the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsensusConfig {
+    /// How long into its slot a proposer waits for QCs before proposing.
+    pub proposal_delay_ms: u64,
+    /// Out-of-order messages kept while their block is fetched.
+    pub max_pending: usize,
+    /// Finalized blocks kept to answer peers' requests.
+    pub recent_finalized: usize,
+}
+
+impl ConsensusConfig {
+    /// Defaults for a slot length: propose a quarter into the slot.
+    pub fn for_slot(slot_duration_ms: u64) -> Self {
+        Self {
+            proposal_delay_ms: slot_duration_ms / 4,
+            max_pending: 256,
+            recent_finalized: 256,
+        }
+    }
+}
+
+/// What validators send each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A proposed block (also the answer to a request).
+    Proposal(Box<Block>),
+    /// A vote, with the epoch of the block voted for.
+    Vote {
+        /// Epoch of the block.
+        epoch: u64,
+        /// The vote.
+        vote: Vote,
+    },
+    /// A QC, gossiped on its own.
+    Certificate(QuorumCert),
+    /// A request for a block the sender is missing.
+    BlockRequest(B256),
+}
+
+/// What the engine asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send to every peer.
+    Broadcast(Message),
+    /// These blocks are final, oldest first: persist them.
+    Finalized(Vec<Block>),
+    /// Slashable misbehaviour was seen (it will be included in a block).
+    Misbehaviour(Evidence),
+}
+
+/// The finalized block an engine starts from, with what the store keeps of it.
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// The block.
+    pub block: Block,
+    /// The state after it.
+    pub state: ChainState,
+    /// The set of its epoch.
+    pub epoch_set: ValidatorSet,
+    /// Its certificate (`None` only for genesis).
+    pub qc: Option<QuorumCert>,
+    /// Where it sits in its epoch.
+    pub position: EpochPosition,
+}
+
+impl Root {
+    /// Genesis of `spec`.
+    pub fn genesis(spec: &ChainSpec) -> Self {
+        let header = spec.genesis_header();
+        Self {
+            block: Block {
+                header: SignedHeader {
+                    header,
+                    proposer_signature: Default::default(),
+                },
+                transactions: vec![],
+                evidence: vec![],
+            },
+            state: ChainState::genesis(spec),
+            epoch_set: spec.genesis_set().expect("a valid spec has a valid set"),
+            qc: None,
+            position: EpochPosition::Inside,
+        }
+    }
+}
+
+/// Counters for tests, benchmarks and operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Blocks this engine proposed.
+    pub proposed: u64,
+    /// Votes this engine signed.
+    pub votes: u64,
+    /// Blocks refused as invalid.
+    pub invalid_blocks: u64,
+    /// Signatures the slashing protection refused.
+    pub refused_by_protection: u64,
+}
+
+/// One validator's (or observer's) consensus state machine.
+pub struct Engine {
+    spec: ChainSpec,
+    config: ConsensusConfig,
+    key: Option<BlsSecretKey>,
+    public_key: Option<BlsPublicKey>,
+    protection: Box<dyn SlashingProtection>,
+    tree: BlockTree,
+    /// The highest QC seen (verified); its slot is the locking bound for votes.
+    high_qc: QuorumCert,
+    pools: BTreeMap<(u64, B256), QcBuilder>,
+    /// First vote seen per (slot, voter key), with the voted block's epoch.
+    votes_seen: HashMap<(u64, BlsPublicKey), (u64, Vote)>,
+    /// First proposal seen per (slot, proposer key).
+    proposals_seen: HashMap<(u64, BlsPublicKey), SignedHeader>,
+    evidence: Vec<Evidence>,
+    /// Blocks waiting for their parent, by parent hash.
+    orphans: HashMap<B256, Vec<Block>>,
+    orphan_count: usize,
+    /// Votes and QCs for blocks not seen yet.
+    early_votes: VecDeque<(u64, Vote)>,
+    early_qcs: VecDeque<QuorumCert>,
+    mempool: Mempool,
+    recent_finalized: VecDeque<Block>,
+    actions: VecDeque<Action>,
+    now_ms: u64,
+    last_proposed_slot: u64,
+    stats: EngineStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("public_key", &self.public_key)
+            .field("root", &self.tree.root().block.header.number)
+            .field("high_qc", &self.high_qc.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine starting from `root`. With `key` it validates; without, it
+    /// only follows. `protection` must hold every signature this key made
+    /// before (it survives restarts).
+    pub fn new(
+        spec: ChainSpec,
+        config: ConsensusConfig,
+        key: Option<BlsSecretKey>,
+        protection: Box<dyn SlashingProtection>,
+        root: Root,
+    ) -> Self {
+        let high_qc = root.qc.clone().unwrap_or_else(QuorumCert::genesis);
+        let last_proposed_slot = root.block.header.slot;
+        let tree = BlockTree::new(
+            spec.clone(),
+            root.block,
+            root.state,
+            root.epoch_set,
+            root.qc,
+            root.position,
+        );
+        Self {
+            public_key: key.as_ref().map(|k| k.public_key()),
+            key,
+            protection,
+            tree,
+            high_qc,
+            pools: BTreeMap::new(),
+            votes_seen: HashMap::new(),
+            proposals_seen: HashMap::new(),
+            evidence: Vec::new(),
+            orphans: HashMap::new(),
+            orphan_count: 0,
+            early_votes: VecDeque::new(),
+            early_qcs: VecDeque::new(),
+            mempool: Mempool::new(MempoolConfig::default()),
+            recent_finalized: VecDeque::new(),
+            actions: VecDeque::new(),
+            now_ms: 0,
+            last_proposed_slot,
+            stats: EngineStats::default(),
+            spec,
+            config,
+        }
+    }
+
+    /// The finalized block and what a store keeps of it, to restart from.
+    pub fn root(&self) -> Root {
+        let node = self.tree.root();
+        Root {
+            block: node.block.clone(),
+            state: node.state.clone(),
+            epoch_set: node.epoch_set.clone(),
+            qc: node.qc.clone(),
+            position: node.position,
+        }
+    }
+
+    /// The latest finalized header.
+    pub fn finalized(&self) -> &Header {
+        &self.tree.root().block.header
+    }
+
+    /// The block fork choice builds on (the highest certified block).
+    pub fn head(&self) -> &TreeNode {
+        self.tree.highest_certified()
+    }
+
+    /// The highest QC seen.
+    pub fn high_qc(&self) -> &QuorumCert {
+        &self.high_qc
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Start of `slot`, in milliseconds since the Unix epoch.
+    pub fn slot_start_ms(&self, slot: u64) -> u64 {
+        self.spec
+            .genesis_timestamp
+            .saturating_mul(1000)
+            .saturating_add(slot.saturating_mul(self.spec.slot_duration_ms))
+    }
+
+    /// The slot at time `now_ms`.
+    pub fn slot_at(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.spec.genesis_timestamp.saturating_mul(1000))
+            / self.spec.slot_duration_ms
+    }
+
+    /// When the driver should next call [`Self::handle_tick`].
+    pub fn next_wakeup_ms(&self) -> u64 {
+        let slot = self.slot_at(self.now_ms);
+        let this_slot = self.slot_start_ms(slot) + self.config.proposal_delay_ms;
+        if this_slot > self.now_ms {
+            this_slot
+        } else {
+            self.slot_start_ms(slot + 1) + self.config.proposal_delay_ms
+        }
+    }
+
+    /// The clock moved to `now_ms`: propose if this validator's slot has come.
+    pub fn handle_tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let slot = self.slot_at(self.now_ms);
+        if slot > self.last_proposed_slot
+            && self.now_ms >= self.slot_start_ms(slot) + self.config.proposal_delay_ms
+        {
+            self.last_proposed_slot = slot;
+            if let Some(block) = self.build_proposal(slot, Vec::new()) {
+                let request = SigningRequest::Proposal {
+                    slot,
+                    block_hash: block.hash(),
+                };
+                if self.protection.check_and_record(request).is_err() {
+                    self.stats.refused_by_protection += 1;
+                    return;
+                }
+                self.stats.proposed += 1;
+                self.actions
+                    .push_back(Action::Broadcast(Message::Proposal(Box::new(
+                        block.clone(),
+                    ))));
+                self.handle_proposal(block);
+            }
+        }
+    }
+
+    /// Adds a transaction to the pool the proposer draws from.
+    pub fn submit_transaction(&mut self, tx: SignedTransaction) -> Result<(), String> {
+        let sender = tx.recover_sender().map_err(|e| e.to_string())?;
+        let head = &self.tree.highest_certified().state;
+        let nonce = head.account(&sender).nonce;
+        let base_fee = self.tree.highest_certified().block.header.base_fee_per_gas;
+        self.mempool
+            .insert(tx, sender, nonce, base_fee)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Builds (but does not sign-protect or send) the block this validator
+    /// would propose at `slot` on the highest certified block, with
+    /// `extra` transactions first. `None` if it is not this validator's slot
+    /// or there is nothing to build on. (The simulator's byzantine
+    /// proposers use it to make conflicting blocks.)
+    pub fn build_proposal(&self, slot: u64, extra: Vec<SignedTransaction>) -> Option<Block> {
+        let key = self.key.as_ref()?;
+        let parent = self.tree.highest_certified();
+        let parent_header = &parent.block.header;
+        if parent_header.slot >= slot {
+            return None;
+        }
+        let parent_qc = match (&parent.qc, parent_header.is_genesis()) {
+            (Some(qc), _) => qc.clone(),
+            (None, true) => QuorumCert::genesis(),
+            (None, false) => return None, // restarted without the root's QC
+        };
+        let (epoch, set) = parent.child_epoch();
+        let proposer = set.proposer_index(slot);
+        if Some(set.validators()[proposer].public_key) != self.public_key {
+            return None;
+        }
+        let rotation = parent.state.rotation();
+        let (set_hash, next_hash) = if epoch == parent_header.epoch {
+            (
+                parent_header.validator_set_hash,
+                parent_header.next_validator_set_hash,
+            )
+        } else {
+            (rotation.current_set_hash(), rotation.next_set_hash())
+        };
+        let template = Header {
+            parent_hash: parent.hash(),
+            number: parent_header.number + 1,
+            slot,
+            epoch,
+            timestamp: self.spec.slot_timestamp(slot),
+            proposer_index: proposer as u32,
+            validator_set_hash: set_hash,
+            next_validator_set_hash: next_hash,
+            parent_qc,
+            ..parent_header.header.clone()
+        };
+        let base_fee = execution::next_base_fee(parent_header);
+        let mut transactions: Vec<_> = extra
+            .into_iter()
+            .filter_map(|tx| tx.recover_sender().ok().map(|sender| (tx, sender)))
+            .collect();
+        for tx in self
+            .mempool
+            .best_transactions(base_fee, 500, |a| parent.state.account(a).nonce)
+        {
+            if let Ok(sender) = tx.recover_sender() {
+                transactions.push((tx, sender));
+            }
+        }
+        let sets = |e: u64| self.set_of_epoch(e);
+        let candidates = Candidates {
+            transactions,
+            evidence: self.evidence.clone(),
+            set_of_epoch: &sets,
+        };
+        let mut state = parent.state.clone();
+        let built = execution::build_block(
+            &mut state,
+            &self.spec,
+            parent_header,
+            template,
+            &set,
+            candidates,
+        );
+        Some(built.seal(key, self.spec.chain_id))
+    }
+
+    fn set_of_epoch(&self, epoch: u64) -> Option<ValidatorSet> {
+        self.tree.set_of_epoch(epoch)
+    }
+
+    /// A message from a peer.
+    pub fn handle_message(&mut self, message: Message) {
+        match message {
+            Message::Proposal(block) => self.handle_proposal(*block),
+            Message::Vote { epoch, vote } => self.handle_vote(epoch, vote),
+            Message::Certificate(qc) => self.handle_certificate(qc, false),
+            Message::BlockRequest(hash) => self.handle_request(hash),
+        }
+    }
+
+    fn handle_request(&mut self, hash: B256) {
+        let block = self.tree.get(&hash).map(|n| n.block.clone()).or_else(|| {
+            self.recent_finalized
+                .iter()
+                .find(|b| b.hash() == hash)
+                .cloned()
+        });
+        if let Some(block) = block {
+            self.actions
+                .push_back(Action::Broadcast(Message::Proposal(Box::new(block))));
+        }
+    }
+
+    /// A proposed block (from a peer, a request, or this validator).
+    pub fn handle_proposal(&mut self, block: Block) {
+        let hash = block.hash();
+        if self.tree.contains(&hash) {
+            return;
+        }
+        let parent_qc = block.header.parent_qc.clone();
+        match self.tree.insert(block.clone()) {
+            Ok(finalized) => {
+                self.note_certificate(&parent_qc);
+                self.on_finalized(finalized);
+                self.detect_double_proposal(&block);
+                self.maybe_vote(&block);
+                self.replay_waiting(hash);
+            }
+            Err(TreeError::UnknownParent(parent)) => {
+                if self.orphan_count < self.config.max_pending {
+                    self.orphan_count += 1;
+                    self.orphans.entry(parent).or_default().push(block);
+                    self.actions
+                        .push_back(Action::Broadcast(Message::BlockRequest(parent)));
+                }
+            }
+            Err(TreeError::Stale(_)) => {}
+            Err(TreeError::Full) | Err(TreeError::Invalid(_)) => self.stats.invalid_blocks += 1,
+        }
+    }
+
+    /// Processes what waited for `hash`: child blocks, votes, QCs.
+    fn replay_waiting(&mut self, hash: B256) {
+        if let Some(children) = self.orphans.remove(&hash) {
+            self.orphan_count -= children.len();
+            for child in children {
+                self.handle_proposal(child);
+            }
+        }
+        let votes: Vec<_> = self
+            .early_votes
+            .iter()
+            .filter(|(_, v)| v.block_hash == hash)
+            .cloned()
+            .collect();
+        self.early_votes.retain(|(_, v)| v.block_hash != hash);
+        for (epoch, vote) in votes {
+            self.handle_vote(epoch, vote);
+        }
+        let qcs: Vec<_> = self
+            .early_qcs
+            .iter()
+            .filter(|q| q.block_hash == hash)
+            .cloned()
+            .collect();
+        self.early_qcs.retain(|q| q.block_hash != hash);
+        for qc in qcs {
+            self.handle_certificate(qc, false);
+        }
+    }
+
+    fn detect_double_proposal(&mut self, block: &Block) {
+        let Some(node) = self.tree.get(&block.hash()) else {
+            return;
+        };
+        let proposer = node.epoch_set.validators()[block.header.proposer_index as usize].public_key;
+        let key = (block.header.slot, proposer);
+        match self.proposals_seen.get(&key) {
+            Some(first) if first.hash() != block.hash() => {
+                let evidence = Evidence::DoubleProposal(Box::new(DoubleProposal {
+                    first: first.clone(),
+                    second: block.header.clone(),
+                }));
+                self.record_evidence(evidence);
+            }
+            Some(_) => {}
+            None => {
+                self.proposals_seen.insert(key, block.header.clone());
+            }
+        }
+    }
+
+    fn record_evidence(&mut self, evidence: Evidence) {
+        if self.evidence.contains(&evidence) || self.evidence.len() >= self.config.max_pending {
+            return;
+        }
+        self.actions
+            .push_back(Action::Misbehaviour(evidence.clone()));
+        self.evidence.push(evidence);
+    }
+
+    fn maybe_vote(&mut self, block: &Block) {
+        let Some(key) = self.key.clone() else { return };
+        let header = &block.header;
+        let slot = header.slot;
+        let current = self.slot_at(self.now_ms);
+        if slot != current || slot <= self.protection.last_voted_slot() {
+            return;
+        }
+        // Locking: only extend a QC at least as high as the highest one seen.
+        if header.parent_qc.slot < self.high_qc.slot {
+            return;
+        }
+        let Some(node) = self.tree.get(&block.hash()) else {
+            return;
+        };
+        let Some(index) = node
+            .epoch_set
+            .validators()
+            .iter()
+            .position(|v| Some(v.public_key) == self.public_key)
+        else {
+            return;
+        };
+        let request = SigningRequest::Vote {
+            slot,
+            block_hash: block.hash(),
+        };
+        if self.protection.check_and_record(request).is_err() {
+            self.stats.refused_by_protection += 1;
+            return;
+        }
+        let vote = Vote::sign(&key, self.spec.chain_id, slot, block.hash(), index as u32);
+        self.stats.votes += 1;
+        let epoch = header.epoch;
+        self.actions.push_back(Action::Broadcast(Message::Vote {
+            epoch,
+            vote: vote.clone(),
+        }));
+        self.handle_vote(epoch, vote);
+    }
+
+    /// A vote from a peer (or this validator).
+    pub fn handle_vote(&mut self, epoch: u64, vote: Vote) {
+        let Some(node) = self.tree.get(&vote.block_hash) else {
+            if vote.slot > self.tree.root().block.header.slot
+                && self.early_votes.len() < self.config.max_pending
+            {
+                self.early_votes.push_back((epoch, vote));
+            }
+            return;
+        };
+        let set = node.epoch_set.clone();
+        let block_epoch = node.block.header.epoch;
+        if vote.slot != node.block.header.slot || vote.verify(&set, self.spec.chain_id).is_err() {
+            return;
+        }
+        let voter = set.validators()[vote.validator_index as usize].public_key;
+        match self.votes_seen.get(&(vote.slot, voter)) {
+            Some((first_epoch, first)) if first.block_hash != vote.block_hash => {
+                let evidence = Evidence::DoubleVote(Box::new(DoubleVote {
+                    epoch: *first_epoch,
+                    first: first.clone(),
+                    second: vote.clone(),
+                }));
+                self.record_evidence(evidence);
+                return;
+            }
+            Some(_) => {}
+            None => {
+                self.votes_seen
+                    .insert((vote.slot, voter), (block_epoch, vote.clone()));
+            }
+        }
+        let pool = self
+            .pools
+            .entry((vote.slot, vote.block_hash))
+            .or_insert_with(|| QcBuilder::new(vote.slot, vote.block_hash, &set));
+        if pool.add_verified_vote(&vote, &set).is_err() {
+            return;
+        }
+        let certified = self
+            .tree
+            .get(&vote.block_hash)
+            .is_some_and(|n| n.qc.is_some());
+        if !certified && let Some(qc) = pool.certificate(&set) {
+            self.actions
+                .push_back(Action::Broadcast(Message::Certificate(qc.clone())));
+            self.handle_certificate(qc, true);
+        }
+    }
+
+    /// A QC from a peer; `verified` when this engine aggregated it.
+    pub fn handle_certificate(&mut self, qc: QuorumCert, verified: bool) {
+        let Some(node) = self.tree.get(&qc.block_hash) else {
+            if qc.slot > self.tree.root().block.header.slot
+                && self.early_qcs.len() < self.config.max_pending
+            {
+                self.early_qcs.push_back(qc.clone());
+                self.actions
+                    .push_back(Action::Broadcast(Message::BlockRequest(qc.block_hash)));
+            }
+            return;
+        };
+        if node.qc.is_some() {
+            return;
+        }
+        if !verified
+            && (qc.slot != node.block.header.slot
+                || qc.verify(&node.epoch_set, self.spec.chain_id).is_err())
+        {
+            return;
+        }
+        self.note_certificate(&qc);
+        let finalized = self.tree.certify(qc);
+        self.on_finalized(finalized);
+    }
+
+    /// Raises the highest QC (the QC is already verified).
+    fn note_certificate(&mut self, qc: &QuorumCert) {
+        if qc.slot > self.high_qc.slot {
+            self.high_qc = qc.clone();
+        }
+    }
+
+    fn on_finalized(&mut self, finalized: Vec<Block>) {
+        if finalized.is_empty() {
+            return;
+        }
+        let root_slot = self.tree.root().block.header.slot;
+        self.pools.retain(|(slot, _), _| *slot > root_slot);
+        self.votes_seen.retain(|(slot, _), _| *slot > root_slot);
+        self.proposals_seen.retain(|(slot, _), _| *slot > root_slot);
+        self.early_votes.retain(|(_, v)| v.slot > root_slot);
+        self.early_qcs.retain(|q| q.slot > root_slot);
+        let oldest = self
+            .tree
+            .root()
+            .state
+            .rotation()
+            .current_epoch()
+            .saturating_sub(self.spec.withdrawal_delay_epochs);
+        let epoch_length = self.spec.rotation.epoch_length;
+        self.evidence
+            .retain(|e| e.epoch() >= oldest && evidence_slot(e) / epoch_length >= oldest);
+        let root_state = &self.tree.root().state;
+        for block in &finalized {
+            for tx in &block.transactions {
+                if let Ok(sender) = tx.recover_sender() {
+                    self.mempool
+                        .remove_mined(&sender, root_state.account(&sender).nonce);
+                }
+            }
+            self.recent_finalized.push_back(block.clone());
+        }
+        while self.recent_finalized.len() > self.config.recent_finalized {
+            self.recent_finalized.pop_front();
+        }
+        // Pruning failures only keep more records than needed; signing stays safe.
+        let _ = self.protection.prune_below(root_slot);
+        self.actions.push_back(Action::Finalized(finalized));
+    }
+}
+
+fn evidence_slot(evidence: &Evidence) -> u64 {
+    match evidence {
+        Evidence::DoubleVote(e) => e.first.slot,
+        Evidence::DoubleProposal(e) => e.first.slot,
+    }
+}
