@@ -81,7 +81,12 @@ pub enum Action {
     /// These blocks are final, oldest first: persist them.
     Finalized(Vec<Block>),
     /// Slashable misbehaviour was seen (it will be included in a block).
-    Misbehaviour(Evidence),
+    Misbehaviour {
+        /// The proof.
+        evidence: Evidence,
+        /// The key of the validator it accuses.
+        offender: BlsPublicKey,
+    },
 }
 
 /// The finalized block an engine starts from, with what the store keeps of it.
@@ -239,6 +244,16 @@ impl Engine {
     /// The block fork choice builds on (the highest certified block).
     pub fn head(&self) -> &TreeNode {
         self.tree.highest_certified()
+    }
+
+    /// A block of the tree (the finalized root or above it).
+    pub fn block(&self, hash: &B256) -> Option<&TreeNode> {
+        self.tree.get(hash)
+    }
+
+    /// This engine's validator key, if it has one.
+    pub fn public_key(&self) -> Option<BlsPublicKey> {
+        self.public_key
     }
 
     /// The highest QC seen.
@@ -491,7 +506,7 @@ impl Engine {
                     first: first.clone(),
                     second: block.header.clone(),
                 }));
-                self.record_evidence(evidence);
+                self.record_evidence(evidence, proposer);
             }
             Some(_) => {}
             None => {
@@ -500,12 +515,12 @@ impl Engine {
         }
     }
 
-    fn record_evidence(&mut self, evidence: Evidence) {
+    fn record_evidence(&mut self, evidence: Evidence, offender: BlsPublicKey) {
         if self.evidence.contains(&evidence) || self.evidence.len() >= self.config.max_pending {
             return;
         }
-        self.actions
-            .push_back(Action::Misbehaviour(evidence.clone()));
+        let action = Action::Misbehaviour { evidence: evidence.clone(), offender };
+        self.actions.push_back(action);
         self.evidence.push(evidence);
     }
 
@@ -550,19 +565,28 @@ impl Engine {
         self.handle_vote(epoch, vote);
     }
 
-    /// A vote from a peer (or this validator).
+    /// A vote from a peer (or this validator). It is verified against the
+    /// set of the epoch it names as soon as that set is known, so a double
+    /// vote is caught even when one of the two blocks never arrives.
     pub fn handle_vote(&mut self, epoch: u64, vote: Vote) {
-        let Some(node) = self.tree.get(&vote.block_hash) else {
-            if vote.slot > self.tree.root().block.header.slot
-                && self.early_votes.len() < self.config.max_pending
-            {
-                self.early_votes.push_back((epoch, vote));
-            }
+        if vote.slot <= self.tree.root().block.header.slot {
             return;
+        }
+        let node = self.tree.get(&vote.block_hash);
+        let (set, block_epoch) = match node {
+            Some(node) if node.block.header.slot != vote.slot => return,
+            Some(node) => (node.epoch_set.clone(), node.block.header.epoch),
+            None => match self.tree.set_of_epoch(epoch) {
+                Some(set) => (set, epoch),
+                None => {
+                    if self.early_votes.len() < self.config.max_pending {
+                        self.early_votes.push_back((epoch, vote));
+                    }
+                    return;
+                }
+            },
         };
-        let set = node.epoch_set.clone();
-        let block_epoch = node.block.header.epoch;
-        if vote.slot != node.block.header.slot || vote.verify(&set, self.spec.chain_id).is_err() {
+        if vote.verify(&set, self.spec.chain_id).is_err() {
             return;
         }
         let voter = set.validators()[vote.validator_index as usize].public_key;
@@ -573,14 +597,19 @@ impl Engine {
                     first: first.clone(),
                     second: vote.clone(),
                 }));
-                self.record_evidence(evidence);
+                self.record_evidence(evidence, voter);
                 return;
             }
             Some(_) => {}
             None => {
-                self.votes_seen
-                    .insert((vote.slot, voter), (block_epoch, vote.clone()));
+                self.votes_seen.insert((vote.slot, voter), (block_epoch, vote.clone()));
             }
+        }
+        if !self.tree.contains(&vote.block_hash) {
+            if self.early_votes.len() < self.config.max_pending {
+                self.early_votes.push_back((epoch, vote));
+            }
+            return;
         }
         let pool = self
             .pools
@@ -589,13 +618,9 @@ impl Engine {
         if pool.add_verified_vote(&vote, &set).is_err() {
             return;
         }
-        let certified = self
-            .tree
-            .get(&vote.block_hash)
-            .is_some_and(|n| n.qc.is_some());
+        let certified = self.tree.get(&vote.block_hash).is_some_and(|n| n.qc.is_some());
         if !certified && let Some(qc) = pool.certificate(&set) {
-            self.actions
-                .push_back(Action::Broadcast(Message::Certificate(qc.clone())));
+            self.actions.push_back(Action::Broadcast(Message::Certificate(qc.clone())));
             self.handle_certificate(qc, true);
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod producer;
+pub mod sim;
 pub mod wallet;
 
 use luxtensor_light::chain_spec::{self, GenesisValidator, TOKEN};

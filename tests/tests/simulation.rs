@@ -1,0 +1,110 @@
+//! Deterministic simulation of whole networks through the real consensus
+//! engine. `cargo test -p luxtensor-tests simulation` runs them.
+//!
+//! - `LUXTENSOR_SIM_SEEDS=N` sets how many random seeds `simulation_random_seeds`
+//!   runs (default 200; the long mode is 10000);
+//! - `LUXTENSOR_SIM_SEED=S` replays one seed (printed by any failure).
+
+use luxtensor_tests::sim::{Byzantine, SimConfig, Simulation};
+
+fn quiet(seed: u64, validators: usize) -> SimConfig {
+    SimConfig {
+        seed,
+        validators,
+        fault_slots: 16,
+        settle_slots: 24,
+        slot_ms: 1000,
+        epoch_length: 8,
+        delay_ms: (5, 100),
+        loss_percent: 0,
+        partition: false,
+        crashes: 0,
+        byzantine: vec![],
+        staking: false,
+    }
+}
+
+#[test]
+fn simulation_healthy_network_finalizes_every_block() {
+    let outcome = Simulation::new(quiet(1, 4)).run().unwrap();
+    let height = outcome.finalized[0].len() as u64 - 1;
+    assert!(height >= 34, "40 slots, every block final but the last two: {height}");
+    assert!(outcome.finality_lag_slots <= 2.5, "lag {}", outcome.finality_lag_slots);
+}
+
+#[test]
+fn simulation_partition_heals_and_finality_resumes() {
+    let mut config = quiet(2, 7);
+    config.fault_slots = 30;
+    config.partition = true;
+    Simulation::new(config).run().unwrap();
+}
+
+#[test]
+fn simulation_byzantine_equivocators_are_slashed_and_ejected() {
+    for (seed, kind) in [(3, Byzantine::Equivocate), (4, Byzantine::DoubleVote), (5, Byzantine::WithholdVotes)] {
+        let mut config = quiet(seed, 4);
+        config.fault_slots = 24;
+        config.settle_slots = 40;
+        config.byzantine = vec![(3, kind)];
+        let outcome = Simulation::new(config).run().unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let offender = luxtensor_light::chain_spec::DEV_ACCOUNTS[3];
+        if kind == Byzantine::WithholdVotes {
+            assert!(outcome.equivocators.is_empty());
+            assert!(outcome.final_set.contains(&offender), "withholding votes is not slashable");
+        } else {
+            assert_eq!(outcome.equivocators, vec![3], "{kind:?} happened");
+            assert!(!outcome.final_set.contains(&offender), "{kind:?}: ejected");
+        }
+    }
+}
+
+#[test]
+fn simulation_crashes_restart_from_stored_state() {
+    let mut config = quiet(6, 4);
+    config.crashes = 3;
+    config.fault_slots = 30;
+    Simulation::new(config).run().unwrap();
+}
+
+#[test]
+fn simulation_staking_changes_the_set_across_epochs() {
+    let mut config = quiet(7, 4);
+    config.staking = true;
+    config.fault_slots = 8;
+    config.settle_slots = 48;
+    let outcome = Simulation::new(config).run().unwrap();
+    let accounts = luxtensor_light::chain_spec::DEV_ACCOUNTS;
+    assert!(outcome.final_set.contains(&accounts[4]), "the newcomer joined: {:?}", outcome.final_set);
+    assert!(!outcome.final_set.contains(&accounts[0]), "validator 0 left: {:?}", outcome.final_set);
+}
+
+#[test]
+fn simulation_random_seeds() {
+    let seeds: Vec<u64> = match std::env::var("LUXTENSOR_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("LUXTENSOR_SIM_SEED is a number")],
+        Err(_) => {
+            let count = std::env::var("LUXTENSOR_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
+            (1000..1000 + count).collect()
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let seeds = &seeds;
+                scope.spawn(move || {
+                    seeds
+                        .iter()
+                        .skip(t)
+                        .step_by(threads)
+                        .filter_map(|seed| Simulation::new(SimConfig::random(*seed)).run().err())
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n"));
+}
