@@ -154,9 +154,8 @@ pub struct Engine {
     /// First proposal seen per (slot, proposer key).
     proposals_seen: HashMap<(u64, BlsPublicKey), SignedHeader>,
     evidence: Vec<Evidence>,
-    /// Blocks waiting for their parent, by parent hash.
-    orphans: HashMap<B256, Vec<Block>>,
-    orphan_count: usize,
+    /// Blocks waiting for their parent, by (number, hash).
+    orphans: BTreeMap<(u64, B256), Block>,
     /// Votes and QCs for blocks not seen yet.
     early_votes: VecDeque<(u64, Vote)>,
     early_qcs: VecDeque<QuorumCert>,
@@ -174,6 +173,13 @@ impl std::fmt::Debug for Engine {
             .field("public_key", &self.public_key)
             .field("root", &self.tree.root().block.header.number)
             .field("high_qc", &self.high_qc.slot)
+            .field(
+                "head_slot",
+                &self.tree.highest_certified().block.header.slot,
+            )
+            .field("tree", &self.tree.len())
+            .field("orphans", &self.orphans.len())
+            .field("last_voted", &self.protection.last_voted_slot())
             .finish_non_exhaustive()
     }
 }
@@ -209,8 +215,7 @@ impl Engine {
             votes_seen: HashMap::new(),
             proposals_seen: HashMap::new(),
             evidence: Vec::new(),
-            orphans: HashMap::new(),
-            orphan_count: 0,
+            orphans: BTreeMap::new(),
             early_votes: VecDeque::new(),
             early_qcs: VecDeque::new(),
             mempool: Mempool::new(MempoolConfig::default()),
@@ -452,9 +457,13 @@ impl Engine {
                 self.replay_waiting(hash);
             }
             Err(TreeError::UnknownParent(parent)) => {
-                if self.orphan_count < self.config.max_pending {
-                    self.orphan_count += 1;
-                    self.orphans.entry(parent).or_default().push(block);
+                let key = (block.header.number, hash);
+                if !self.orphans.contains_key(&key) {
+                    if self.orphans.len() >= self.config.max_pending {
+                        // Keep the blocks closest to the tree: the newest come again.
+                        self.orphans.pop_last();
+                    }
+                    self.orphans.insert(key, block);
                     self.actions
                         .push_back(Action::Broadcast(Message::BlockRequest(parent)));
                 }
@@ -466,9 +475,14 @@ impl Engine {
 
     /// Processes what waited for `hash`: child blocks, votes, QCs.
     fn replay_waiting(&mut self, hash: B256) {
-        if let Some(children) = self.orphans.remove(&hash) {
-            self.orphan_count -= children.len();
-            for child in children {
+        let children: Vec<(u64, B256)> = self
+            .orphans
+            .iter()
+            .filter(|(_, b)| b.header.parent_hash == hash)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in children {
+            if let Some(child) = self.orphans.remove(&key) {
                 self.handle_proposal(child);
             }
         }
@@ -519,7 +533,10 @@ impl Engine {
         if self.evidence.contains(&evidence) || self.evidence.len() >= self.config.max_pending {
             return;
         }
-        let action = Action::Misbehaviour { evidence: evidence.clone(), offender };
+        let action = Action::Misbehaviour {
+            evidence: evidence.clone(),
+            offender,
+        };
         self.actions.push_back(action);
         self.evidence.push(evidence);
     }
@@ -602,7 +619,8 @@ impl Engine {
             }
             Some(_) => {}
             None => {
-                self.votes_seen.insert((vote.slot, voter), (block_epoch, vote.clone()));
+                self.votes_seen
+                    .insert((vote.slot, voter), (block_epoch, vote.clone()));
             }
         }
         if !self.tree.contains(&vote.block_hash) {
@@ -618,9 +636,13 @@ impl Engine {
         if pool.add_verified_vote(&vote, &set).is_err() {
             return;
         }
-        let certified = self.tree.get(&vote.block_hash).is_some_and(|n| n.qc.is_some());
+        let certified = self
+            .tree
+            .get(&vote.block_hash)
+            .is_some_and(|n| n.qc.is_some());
         if !certified && let Some(qc) = pool.certificate(&set) {
-            self.actions.push_back(Action::Broadcast(Message::Certificate(qc.clone())));
+            self.actions
+                .push_back(Action::Broadcast(Message::Certificate(qc.clone())));
             self.handle_certificate(qc, true);
         }
     }
@@ -663,6 +685,8 @@ impl Engine {
             return;
         }
         let root_slot = self.tree.root().block.header.slot;
+        let root_number = self.tree.root().block.header.number;
+        self.orphans.retain(|(number, _), _| *number > root_number);
         self.pools.retain(|(slot, _), _| *slot > root_slot);
         self.votes_seen.retain(|(slot, _), _| *slot > root_slot);
         self.proposals_seen.retain(|(slot, _), _| *slot > root_slot);
@@ -701,5 +725,117 @@ fn evidence_slot(evidence: &Evidence) -> u64 {
     match evidence {
         Evidence::DoubleVote(e) => e.first.slot,
         Evidence::DoubleProposal(e) => e.first.slot,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slashing_protection::{DiskSlashingProtection, MemorySlashingProtection};
+    use crate::test_support::{dev_signer, transfer};
+    use alloy_primitives::U256;
+    use luxtensor_light::chain_spec::devnet_validator_key;
+
+    fn engine(spec: &ChainSpec, index: u32, protection: Box<dyn SlashingProtection>) -> Engine {
+        let config = ConsensusConfig::for_slot(spec.slot_duration_ms);
+        Engine::new(
+            spec.clone(),
+            config,
+            Some(devnet_validator_key(index)),
+            protection,
+            Root::genesis(spec),
+        )
+    }
+
+    fn drain(engine: &mut Engine) -> Vec<Action> {
+        std::iter::from_fn(|| engine.poll_action()).collect()
+    }
+
+    fn votes(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Broadcast(Message::Vote { .. })))
+            .count()
+    }
+
+    #[test]
+    fn a_restarted_validator_never_votes_twice_in_a_slot() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let slot = 1;
+        let proposer = set.proposer_index(slot) as u32;
+        let voter = (proposer + 1) % 4;
+        let now = 1000 * spec.genesis_timestamp + slot * spec.slot_duration_ms + 200;
+
+        let mut proposing = engine(
+            &spec,
+            proposer,
+            Box::new(MemorySlashingProtection::default()),
+        );
+        proposing.handle_tick(now);
+        let block = drain(&mut proposing)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Broadcast(Message::Proposal(b)) => Some(*b),
+                _ => None,
+            })
+            .expect("the proposer of slot 1 proposes");
+        let owner = set.validators()[proposer as usize].owner;
+        let tx = transfer(&dev_signer(proposer), spec.chain_id, 0, owner, U256::ZERO);
+        let twin = proposing.build_proposal(slot, vec![tx]).unwrap();
+        assert_ne!(twin.hash(), block.hash());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("protection");
+        let mut first = engine(
+            &spec,
+            voter,
+            Box::new(DiskSlashingProtection::open(&path).unwrap()),
+        );
+        first.handle_tick(now);
+        first.handle_message(Message::Proposal(Box::new(block)));
+        assert_eq!(votes(&drain(&mut first)), 1, "votes for the first block");
+        drop(first); // crash mid-slot
+
+        let mut restarted = engine(
+            &spec,
+            voter,
+            Box::new(DiskSlashingProtection::open(&path).unwrap()),
+        );
+        restarted.handle_tick(now);
+        restarted.handle_message(Message::Proposal(Box::new(twin)));
+        assert_eq!(
+            votes(&drain(&mut restarted)),
+            0,
+            "no second vote in the same slot"
+        );
+        assert_eq!(restarted.stats().votes, 0);
+    }
+
+    #[test]
+    fn a_second_instance_with_the_same_protection_database_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("protection");
+        let _running = DiskSlashingProtection::open(&path).unwrap();
+        assert!(DiskSlashingProtection::open(&path).is_err());
+    }
+
+    #[test]
+    fn votes_for_an_unseen_block_still_reveal_a_double_vote() {
+        let spec = ChainSpec::devnet(4);
+        let mut observer = engine(&spec, 0, Box::new(MemorySlashingProtection::default()));
+        let key = devnet_validator_key(2);
+        let a = Vote::sign(&key, spec.chain_id, 3, B256::repeat_byte(1), 2);
+        let b = Vote::sign(&key, spec.chain_id, 3, B256::repeat_byte(2), 2);
+        observer.handle_message(Message::Vote { epoch: 0, vote: a });
+        observer.handle_message(Message::Vote { epoch: 0, vote: b });
+        let accused: Vec<_> = drain(&mut observer)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Misbehaviour { offender, .. } => Some(offender),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(accused, vec![key.public_key()]);
     }
 }

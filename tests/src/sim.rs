@@ -98,7 +98,11 @@ impl SimConfig {
         let validators = rng.range(4, 8) as usize;
         let max_byzantine = (validators - 1) / 3;
         let byzantine_count = rng.range(0, max_byzantine as u64 + 1) as usize;
-        let kinds = [Byzantine::Equivocate, Byzantine::DoubleVote, Byzantine::WithholdVotes];
+        let kinds = [
+            Byzantine::Equivocate,
+            Byzantine::DoubleVote,
+            Byzantine::WithholdVotes,
+        ];
         let byzantine = (0..byzantine_count)
             .map(|i| (validators - 1 - i, kinds[rng.range(0, 3) as usize]))
             .collect();
@@ -125,7 +129,10 @@ struct SharedProtection(Arc<Mutex<MemorySlashingProtection>>);
 
 impl SlashingProtection for SharedProtection {
     fn check_and_record(&mut self, request: SigningRequest) -> Result<(), SlashingError> {
-        self.0.lock().expect("not poisoned").check_and_record(request)
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .check_and_record(request)
     }
     fn last_voted_slot(&self) -> u64 {
         self.0.lock().expect("not poisoned").last_voted_slot()
@@ -181,7 +188,9 @@ pub struct SimOutcome {
 
 /// Why a run broke an invariant.
 #[derive(Debug, thiserror::Error)]
-#[error("seed {seed}: {problem} (replay: LUXTENSOR_SIM_SEED={seed} cargo test -p luxtensor-tests simulation)")]
+#[error(
+    "seed {seed}: {problem} (replay: LUXTENSOR_SIM_SEED={seed} cargo test -p luxtensor-tests simulation)"
+)]
 pub struct SimFailure {
     /// The seed that reproduces it.
     pub seed: u64,
@@ -233,8 +242,16 @@ impl Simulation {
                 SimNode {
                     key_index: i as u32,
                     engine: Some(engine),
-                    persisted: Persisted { finalized: vec![root.block.clone()], root, protection },
-                    byzantine: config.byzantine.iter().find(|(n, _)| *n == i).map(|(_, b)| *b),
+                    persisted: Persisted {
+                        finalized: vec![root.block.clone()],
+                        root,
+                        protection,
+                    },
+                    byzantine: config
+                        .byzantine
+                        .iter()
+                        .find(|(n, _)| *n == i)
+                        .map(|(_, b)| *b),
                     equivocated: false,
                 }
             })
@@ -266,7 +283,8 @@ impl Simulation {
         }
         for _ in 0..sim.config.crashes {
             let node = sim.rng.range(0, sim.config.validators as u64) as usize;
-            let at = sim.rng.range(2, sim.config.fault_slots) * sim.config.slot_ms + sim.rng.range(0, sim.config.slot_ms);
+            let at = sim.rng.range(2, sim.config.fault_slots) * sim.config.slot_ms
+                + sim.rng.range(0, sim.config.slot_ms);
             let down = sim.rng.range(1, 6) * sim.config.slot_ms;
             sim.schedule(at, Event::Crash(node));
             sim.schedule(at + down, Event::Restart(node));
@@ -299,7 +317,9 @@ impl Simulation {
         if self.in_fault_phase(now) && self.rng.chance(self.config.loss_percent) {
             return;
         }
-        let delay = self.rng.range(self.config.delay_ms.0, self.config.delay_ms.1 + 1);
+        let delay = self
+            .rng
+            .range(self.config.delay_ms.0, self.config.delay_ms.1 + 1);
         self.schedule(now + delay, Event::Deliver { to, message });
     }
 
@@ -326,8 +346,12 @@ impl Simulation {
     /// Drains node `i`'s actions onto the network, applying its byzantine behaviour.
     fn flush(&mut self, i: usize) {
         loop {
-            let Some(engine) = self.nodes[i].engine.as_mut() else { return };
-            let Some(action) = engine.poll_action() else { return };
+            let Some(engine) = self.nodes[i].engine.as_mut() else {
+                return;
+            };
+            let Some(action) = engine.poll_action() else {
+                return;
+            };
             match action {
                 Action::Broadcast(Message::Proposal(block)) => {
                     let slot = block.header.slot;
@@ -338,7 +362,11 @@ impl Simulation {
                     match faulty.then(|| self.conflicting_block(i, slot)).flatten() {
                         Some(twin) if twin.hash() != block.hash() => {
                             self.nodes[i].equivocated = true;
-                            self.send_both(i, Message::Proposal(block), Message::Proposal(Box::new(twin)));
+                            self.send_both(
+                                i,
+                                Message::Proposal(block),
+                                Message::Proposal(Box::new(twin)),
+                            );
                         }
                         _ => self.broadcast(i, Message::Proposal(block)),
                     }
@@ -349,10 +377,21 @@ impl Simulation {
                         Some(Byzantine::WithholdVotes) if faulty => {}
                         Some(Byzantine::DoubleVote) if faulty => {
                             let key = devnet_validator_key(self.nodes[i].key_index);
-                            let fake = B256::from(U256::from(self.rng.next_u64()).to_be_bytes::<32>());
-                            let other = Vote::sign(&key, self.spec.chain_id, vote.slot, fake, vote.validator_index);
+                            let fake =
+                                B256::from(U256::from(self.rng.next_u64()).to_be_bytes::<32>());
+                            let other = Vote::sign(
+                                &key,
+                                self.spec.chain_id,
+                                vote.slot,
+                                fake,
+                                vote.validator_index,
+                            );
                             self.nodes[i].equivocated = true;
-                            self.send_both(i, Message::Vote { epoch, vote }, Message::Vote { epoch, vote: other });
+                            self.send_both(
+                                i,
+                                Message::Vote { epoch, vote },
+                                Message::Vote { epoch, vote: other },
+                            );
                         }
                         _ => self.broadcast(i, Message::Vote { epoch, vote }),
                     }
@@ -361,7 +400,9 @@ impl Simulation {
                 Action::Finalized(blocks) => {
                     let now_slot = self.now_ms / self.config.slot_ms;
                     for block in &blocks {
-                        if i == 0 && let Some(proposed) = self.proposed_at.get(&block.hash()) {
+                        if i == 0
+                            && let Some(proposed) = self.proposed_at.get(&block.hash())
+                        {
                             self.lags.push(now_slot.saturating_sub(*proposed));
                         }
                     }
@@ -370,8 +411,13 @@ impl Simulation {
                     node.persisted.root = node.engine.as_ref().expect("running").root();
                 }
                 Action::Misbehaviour { offender, .. } => {
-                    let accused = self.nodes.iter().find(|n| devnet_validator_key(n.key_index).public_key() == offender);
-                    if accused.is_some_and(|n| n.byzantine.is_none()) && self.honest_accused.is_none() {
+                    let accused = self
+                        .nodes
+                        .iter()
+                        .find(|n| devnet_validator_key(n.key_index).public_key() == offender);
+                    if accused.is_some_and(|n| n.byzantine.is_none())
+                        && self.honest_accused.is_none()
+                    {
                         self.honest_accused = Some(offender);
                     }
                 }
@@ -382,7 +428,9 @@ impl Simulation {
     /// Whether `block` is node `i`'s own proposal for the current slot (not
     /// someone else's block it is relaying on request).
     fn is_own_fresh_proposal(&self, i: usize, block: &Block) -> bool {
-        let Some(engine) = self.nodes[i].engine.as_ref() else { return false };
+        let Some(engine) = self.nodes[i].engine.as_ref() else {
+            return false;
+        };
         let current = self.now_ms / self.config.slot_ms;
         let proposer = engine
             .block(&block.hash())
@@ -397,7 +445,13 @@ impl Simulation {
         let owner_index = self.nodes[i].key_index;
         let owner = DEV_ACCOUNTS[owner_index as usize];
         let nonce = engine.head().state.account(&owner).nonce;
-        let tx = transfer(&dev_signer(owner_index), self.spec.chain_id, nonce, owner, U256::ZERO);
+        let tx = transfer(
+            &dev_signer(owner_index),
+            self.spec.chain_id,
+            nonce,
+            owner,
+            U256::ZERO,
+        );
         engine.build_proposal(slot, vec![tx])
     }
 
@@ -421,7 +475,9 @@ impl Simulation {
                 height_at_heal = self.best_honest_height().max(1);
             }
             self.now_ms = at;
-            let Some(event) = self.events[id].take() else { continue };
+            let Some(event) = self.events[id].take() else {
+                continue;
+            };
             match event {
                 Event::Tick => {
                     let slot = at / self.config.slot_ms;
@@ -464,13 +520,45 @@ impl Simulation {
                 }
             }
         }
+        if std::env::var_os("LUXTENSOR_SIM_DEBUG").is_some() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                eprintln!(
+                    "node {i}: finalized {} engine {:?} stats {:?}",
+                    n.persisted.finalized.len() - 1,
+                    n.engine,
+                    n.engine.as_ref().map(|e| e.stats().clone())
+                );
+            }
+        }
         let outcome = SimOutcome {
-            finalized: self.honest().map(|n| n.persisted.finalized.iter().map(|b| b.hash()).collect()).collect(),
+            finalized: self
+                .honest()
+                .map(|n| n.persisted.finalized.iter().map(|b| b.hash()).collect())
+                .collect(),
             height_at_heal,
             slots: total_slots,
-            finality_lag_slots: if self.lags.is_empty() { 0.0 } else { self.lags.iter().sum::<u64>() as f64 / self.lags.len() as f64 },
-            final_set: self.leader().persisted.root.state.rotation().current_validators().iter().map(|v| v.owner).collect(),
-            equivocators: self.nodes.iter().enumerate().filter(|(_, n)| n.equivocated).map(|(i, _)| i).collect(),
+            finality_lag_slots: if self.lags.is_empty() {
+                0.0
+            } else {
+                self.lags.iter().sum::<u64>() as f64 / self.lags.len() as f64
+            },
+            final_set: self
+                .leader()
+                .persisted
+                .root
+                .state
+                .rotation()
+                .current_validators()
+                .iter()
+                .map(|v| v.owner)
+                .collect(),
+            equivocators: self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.equivocated)
+                .map(|(i, _)| i)
+                .collect(),
             config: self.config.clone(),
         };
         self.check(&outcome)?;
@@ -483,30 +571,55 @@ impl Simulation {
 
     /// The honest node that finalized the most.
     fn leader(&self) -> &SimNode {
-        self.honest().max_by_key(|n| n.persisted.finalized.len()).expect("an honest node")
+        self.honest()
+            .max_by_key(|n| n.persisted.finalized.len())
+            .expect("an honest node")
     }
 
     fn best_honest_height(&self) -> u64 {
-        self.honest().map(|n| n.persisted.finalized.len() as u64 - 1).max().unwrap_or(0)
+        self.honest()
+            .map(|n| n.persisted.finalized.len() as u64 - 1)
+            .max()
+            .unwrap_or(0)
     }
 
     fn stake_newcomer(&mut self) {
         let newcomer = self.config.validators as u32;
         let key = devnet_validator_key(newcomer);
         let owner = newcomer; // dev account index = validator index
-        let calldata = stake_calldata(key.public_key().as_slice(), key.proof_of_possession(self.spec.chain_id).as_slice());
-        let tx = staking_call(&dev_signer(owner), self.spec.chain_id, 0, STAKING_ADDRESS, TOKEN * U256::from(32), calldata);
+        let calldata = stake_calldata(
+            key.public_key().as_slice(),
+            key.proof_of_possession(self.spec.chain_id).as_slice(),
+        );
+        let tx = staking_call(
+            &dev_signer(owner),
+            self.spec.chain_id,
+            0,
+            STAKING_ADDRESS,
+            TOKEN * U256::from(32),
+            calldata,
+        );
         self.submit_to_all(&tx);
     }
 
     fn exit_one(&mut self) {
         // Validator 0 is always honest and genesis: it leaves.
-        let tx = staking_call(&dev_signer(0), self.spec.chain_id, 0, STAKING_ADDRESS, U256::ZERO, request_exit_calldata());
+        let tx = staking_call(
+            &dev_signer(0),
+            self.spec.chain_id,
+            0,
+            STAKING_ADDRESS,
+            U256::ZERO,
+            request_exit_calldata(),
+        );
         self.submit_to_all(&tx);
     }
 
     fn fail(&self, problem: impl Into<String>) -> SimFailure {
-        SimFailure { seed: self.config.seed, problem: problem.into() }
+        SimFailure {
+            seed: self.config.seed,
+            problem: problem.into(),
+        }
     }
 
     /// The invariants every run must keep.
@@ -516,7 +629,9 @@ impl Simulation {
             for chain_b in &outcome.finalized[a + 1..] {
                 let common = chain_a.len().min(chain_b.len());
                 if let Some(height) = (0..common).find(|h| chain_a[*h] != chain_b[*h]) {
-                    return Err(self.fail(format!("conflicting finalized blocks at height {height}")));
+                    return Err(
+                        self.fail(format!("conflicting finalized blocks at height {height}"))
+                    );
                 }
             }
         }
@@ -532,7 +647,10 @@ impl Simulation {
         for node in self.honest() {
             let height = node.persisted.finalized.len() as u64 - 1;
             if node.engine.is_some() && height + 8 < best {
-                return Err(self.fail(format!("node {} stuck at finalized height {height}, best {best}", node.key_index)));
+                return Err(self.fail(format!(
+                    "node {} stuck at finalized height {height}, best {best}",
+                    node.key_index
+                )));
             }
         }
         // The chain's view, from the honest node that finalized the most.
@@ -543,13 +661,18 @@ impl Simulation {
         }
         // No honest validator was ever accused (slashing protection held across restarts).
         if let Some(key) = self.honest_accused {
-            return Err(self.fail(format!("an honest validator was accused of misbehaviour: {key}")));
+            return Err(self.fail(format!(
+                "an honest validator was accused of misbehaviour: {key}"
+            )));
         }
         // Every equivocator is slashed and ejected.
         for node in self.nodes.iter().filter(|n| n.equivocated) {
             let owner = DEV_ACCOUNTS[node.key_index as usize];
             if rotation.next_validators().iter().any(|v| v.owner == owner) {
-                return Err(self.fail(format!("equivocator {} is still in the next set", node.key_index)));
+                return Err(self.fail(format!(
+                    "equivocator {} is still in the next set",
+                    node.key_index
+                )));
             }
         }
         Ok(())

@@ -28,8 +28,15 @@ fn quiet(seed: u64, validators: usize) -> SimConfig {
 fn simulation_healthy_network_finalizes_every_block() {
     let outcome = Simulation::new(quiet(1, 4)).run().unwrap();
     let height = outcome.finalized[0].len() as u64 - 1;
-    assert!(height >= 34, "40 slots, every block final but the last two: {height}");
-    assert!(outcome.finality_lag_slots <= 2.5, "lag {}", outcome.finality_lag_slots);
+    assert!(
+        height >= 34,
+        "40 slots, every block final but the last two: {height}"
+    );
+    assert!(
+        outcome.finality_lag_slots <= 2.5,
+        "lag {}",
+        outcome.finality_lag_slots
+    );
 }
 
 #[test]
@@ -42,16 +49,25 @@ fn simulation_partition_heals_and_finality_resumes() {
 
 #[test]
 fn simulation_byzantine_equivocators_are_slashed_and_ejected() {
-    for (seed, kind) in [(3, Byzantine::Equivocate), (4, Byzantine::DoubleVote), (5, Byzantine::WithholdVotes)] {
+    for (seed, kind) in [
+        (3, Byzantine::Equivocate),
+        (4, Byzantine::DoubleVote),
+        (5, Byzantine::WithholdVotes),
+    ] {
         let mut config = quiet(seed, 4);
         config.fault_slots = 24;
         config.settle_slots = 40;
         config.byzantine = vec![(3, kind)];
-        let outcome = Simulation::new(config).run().unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let outcome = Simulation::new(config)
+            .run()
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         let offender = luxtensor_light::chain_spec::DEV_ACCOUNTS[3];
         if kind == Byzantine::WithholdVotes {
             assert!(outcome.equivocators.is_empty());
-            assert!(outcome.final_set.contains(&offender), "withholding votes is not slashable");
+            assert!(
+                outcome.final_set.contains(&offender),
+                "withholding votes is not slashable"
+            );
         } else {
             assert_eq!(outcome.equivocators, vec![3], "{kind:?} happened");
             assert!(!outcome.final_set.contains(&offender), "{kind:?}: ejected");
@@ -75,8 +91,16 @@ fn simulation_staking_changes_the_set_across_epochs() {
     config.settle_slots = 48;
     let outcome = Simulation::new(config).run().unwrap();
     let accounts = luxtensor_light::chain_spec::DEV_ACCOUNTS;
-    assert!(outcome.final_set.contains(&accounts[4]), "the newcomer joined: {:?}", outcome.final_set);
-    assert!(!outcome.final_set.contains(&accounts[0]), "validator 0 left: {:?}", outcome.final_set);
+    assert!(
+        outcome.final_set.contains(&accounts[4]),
+        "the newcomer joined: {:?}",
+        outcome.final_set
+    );
+    assert!(
+        !outcome.final_set.contains(&accounts[0]),
+        "validator 0 left: {:?}",
+        outcome.final_set
+    );
 }
 
 #[test]
@@ -84,7 +108,10 @@ fn simulation_random_seeds() {
     let seeds: Vec<u64> = match std::env::var("LUXTENSOR_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("LUXTENSOR_SIM_SEED is a number")],
         Err(_) => {
-            let count = std::env::var("LUXTENSOR_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
+            let count = std::env::var("LUXTENSOR_SIM_SEEDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(200);
             (1000..1000 + count).collect()
         }
     };
@@ -104,7 +131,16 @@ fn simulation_random_seeds() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
-    assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed:\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.join("\n")
+    );
 }

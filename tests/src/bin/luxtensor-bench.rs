@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     match scenario.map(String::as_str) {
         Some("qc-verify") => qc_verify(quick),
         Some("import") => import(quick),
+        Some("consensus") => consensus(quick),
         other => {
             if let Some(name) = other {
                 eprintln!("unknown scenario `{name}`");
@@ -356,4 +357,72 @@ fn import(quick: bool) {
     };
     report(BENCH, label, incremental_ms, "ms");
     report(BENCH, &format!("{}_full_rebuild", label), full_ms, "ms");
+}
+
+/// The simulator on a healthy 4-validator network (finality lag), then on
+/// 10 validators with delays, loss, a partition, a crash and byzantine
+/// validators (simulated slots per second of wall time).
+fn consensus(quick: bool) {
+    use luxtensor_tests::sim::{Byzantine, SimConfig, Simulation};
+    use std::time::Instant;
+
+    const BENCH: &str = "consensus";
+    let healthy = SimConfig {
+        seed: 1,
+        validators: 4,
+        fault_slots: 8,
+        settle_slots: if quick { 24 } else { 64 },
+        slot_ms: 1000,
+        epoch_length: 8,
+        delay_ms: (5, 100),
+        loss_percent: 0,
+        partition: false,
+        crashes: 0,
+        byzantine: vec![],
+        staking: false,
+    };
+    let outcome = Simulation::new(healthy)
+        .run()
+        .expect("a healthy network keeps every invariant");
+    report(
+        BENCH,
+        "finality_lag_slots",
+        outcome.finality_lag_slots,
+        "slots",
+    );
+
+    let faulty = SimConfig {
+        seed: 2,
+        validators: 10,
+        fault_slots: if quick { 16 } else { 40 },
+        settle_slots: if quick { 16 } else { 40 },
+        delay_ms: (5, 300),
+        loss_percent: 3,
+        partition: true,
+        crashes: 1,
+        byzantine: vec![
+            (9, Byzantine::Equivocate),
+            (8, Byzantine::DoubleVote),
+            (7, Byzantine::WithholdVotes),
+        ],
+        staking: true,
+        ..SimConfig::random(2)
+    };
+    let start = Instant::now();
+    let outcome = Simulation::new(faulty)
+        .run()
+        .expect("the faulty network keeps every invariant");
+    let seconds = start.elapsed().as_secs_f64();
+    report(
+        BENCH,
+        "sim_slots_per_s",
+        outcome.slots as f64 / seconds,
+        "slots/s",
+    );
+    report(
+        BENCH,
+        "sim_seconds_per_10k_seeds_of_76_slots",
+        10_000.0 * 76.0 / (outcome.slots as f64 / seconds) / 2.0,
+        "s",
+    );
 }
