@@ -33,6 +33,10 @@ use luxtensor_light::{
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+/// Most (slot, voter) pairs remembered for double-vote detection while
+/// finality stalls (pruned at every finalization).
+pub const MAX_VOTES_SEEN: usize = 65_536;
+
 /// Timing and bounds of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsensusConfig {
@@ -161,6 +165,9 @@ pub struct Engine {
     early_qcs: VecDeque<QuorumCert>,
     mempool: Mempool,
     recent_finalized: VecDeque<Block>,
+    /// Sets of finalized epochs still inside the withdrawal window (to check
+    /// evidence about epochs the tree no longer holds).
+    finalized_sets: BTreeMap<u64, ValidatorSet>,
     actions: VecDeque<Action>,
     now_ms: u64,
     last_proposed_slot: u64,
@@ -220,6 +227,7 @@ impl Engine {
             early_qcs: VecDeque::new(),
             mempool: Mempool::new(MempoolConfig::default()),
             recent_finalized: VecDeque::new(),
+            finalized_sets: BTreeMap::new(),
             actions: VecDeque::new(),
             now_ms: 0,
             last_proposed_slot,
@@ -415,7 +423,9 @@ impl Engine {
     }
 
     fn set_of_epoch(&self, epoch: u64) -> Option<ValidatorSet> {
-        self.tree.set_of_epoch(epoch)
+        self.tree
+            .set_of_epoch(epoch)
+            .or_else(|| self.finalized_sets.get(&epoch).cloned())
     }
 
     /// A message from a peer.
@@ -586,7 +596,9 @@ impl Engine {
     /// set of the epoch it names as soon as that set is known, so a double
     /// vote is caught even when one of the two blocks never arrives.
     pub fn handle_vote(&mut self, epoch: u64, vote: Vote) {
-        if vote.slot <= self.tree.root().block.header.slot {
+        // Votes for finalized slots are moot; votes for future slots cannot be honest yet.
+        let current = self.slot_at(self.now_ms);
+        if vote.slot <= self.tree.root().block.header.slot || vote.slot > current + 1 {
             return;
         }
         let node = self.tree.get(&vote.block_hash);
@@ -618,10 +630,11 @@ impl Engine {
                 return;
             }
             Some(_) => {}
-            None => {
+            None if self.votes_seen.len() < MAX_VOTES_SEEN => {
                 self.votes_seen
                     .insert((vote.slot, voter), (block_epoch, vote.clone()));
             }
+            None => {}
         }
         if !self.tree.contains(&vote.block_hash) {
             if self.early_votes.len() < self.config.max_pending {
@@ -702,6 +715,12 @@ impl Engine {
         let epoch_length = self.spec.rotation.epoch_length;
         self.evidence
             .retain(|e| e.epoch() >= oldest && evidence_slot(e) / epoch_length >= oldest);
+        let root = self.tree.root();
+        self.finalized_sets
+            .insert(root.block.header.epoch, root.epoch_set.clone());
+        let window = self.spec.withdrawal_delay_epochs.min(64);
+        let keep_from = root.block.header.epoch.saturating_sub(window);
+        self.finalized_sets.retain(|epoch, _| *epoch >= keep_from);
         let root_state = &self.tree.root().state;
         for block in &finalized {
             for tx in &block.transactions {
@@ -827,6 +846,17 @@ mod tests {
         let key = devnet_validator_key(2);
         let a = Vote::sign(&key, spec.chain_id, 3, B256::repeat_byte(1), 2);
         let b = Vote::sign(&key, spec.chain_id, 3, B256::repeat_byte(2), 2);
+        observer.handle_tick(3 * spec.slot_duration_ms);
+        // A vote for a slot far ahead of the clock is ignored (it cannot be honest yet).
+        let early = Vote::sign(&key, spec.chain_id, 9, B256::repeat_byte(3), 2);
+        observer.handle_message(Message::Vote {
+            epoch: 0,
+            vote: early.clone(),
+        });
+        observer.handle_message(Message::Vote {
+            epoch: 0,
+            vote: Vote::sign(&key, spec.chain_id, 9, B256::repeat_byte(4), 2),
+        });
         observer.handle_message(Message::Vote { epoch: 0, vote: a });
         observer.handle_message(Message::Vote { epoch: 0, vote: b });
         let accused: Vec<_> = drain(&mut observer)
