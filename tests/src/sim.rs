@@ -91,11 +91,11 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// A random scenario for `seed`: 4 to 7 validators, delays, loss, maybe
+    /// A random scenario for `seed`: 4 to 10 validators, delays, loss, maybe
     /// a partition, crashes, byzantine validators and staking.
     pub fn random(seed: u64) -> Self {
         let mut rng = Rng::new(seed);
-        let validators = rng.range(4, 8) as usize;
+        let validators = rng.range(4, 11) as usize;
         let max_byzantine = (validators - 1) / 3;
         let byzantine_count = rng.range(0, max_byzantine as u64 + 1) as usize;
         let kinds = [
@@ -109,8 +109,8 @@ impl SimConfig {
         Self {
             seed,
             validators,
-            fault_slots: 40,
-            settle_slots: 36,
+            fault_slots: 32,
+            settle_slots: 32,
             slot_ms: 1000,
             epoch_length: 8,
             delay_ms: (5, rng.range(50, 400)),
@@ -155,8 +155,8 @@ struct SimNode {
     engine: Option<Engine>,
     persisted: Persisted,
     byzantine: Option<Byzantine>,
-    /// Whether this node actually equivocated (so it must end up slashed).
-    equivocated: bool,
+    /// Whether an honest node caught this one equivocating (so it must end up slashed).
+    caught: bool,
 }
 
 #[derive(Debug)]
@@ -182,7 +182,7 @@ pub struct SimOutcome {
     pub finality_lag_slots: f64,
     /// Owners of the validator set after the last finalized block.
     pub final_set: Vec<alloy_primitives::Address>,
-    /// Validators that equivocated (and so must have been ejected).
+    /// Validators an honest node caught equivocating (and so must have been ejected).
     pub equivocators: Vec<usize>,
 }
 
@@ -252,7 +252,7 @@ impl Simulation {
                         .iter()
                         .find(|(n, _)| *n == i)
                         .map(|(_, b)| *b),
-                    equivocated: false,
+                    caught: false,
                 }
             })
             .collect();
@@ -361,7 +361,6 @@ impl Simulation {
                         && self.is_own_fresh_proposal(i, &block);
                     match faulty.then(|| self.conflicting_block(i, slot)).flatten() {
                         Some(twin) if twin.hash() != block.hash() => {
-                            self.nodes[i].equivocated = true;
                             self.send_both(
                                 i,
                                 Message::Proposal(block),
@@ -386,7 +385,6 @@ impl Simulation {
                                 fake,
                                 vote.validator_index,
                             );
-                            self.nodes[i].equivocated = true;
                             self.send_both(
                                 i,
                                 Message::Vote { epoch, vote },
@@ -411,14 +409,14 @@ impl Simulation {
                     node.persisted.root = node.engine.as_ref().expect("running").root();
                 }
                 Action::Misbehaviour { offender, .. } => {
-                    let accused = self
-                        .nodes
-                        .iter()
-                        .find(|n| devnet_validator_key(n.key_index).public_key() == offender);
-                    if accused.is_some_and(|n| n.byzantine.is_none())
-                        && self.honest_accused.is_none()
-                    {
-                        self.honest_accused = Some(offender);
+                    if self.nodes[i].byzantine.is_some() {
+                        continue; // only honest observers count
+                    }
+                    let accused = self.nodes.iter().position(|n| devnet_validator_key(n.key_index).public_key() == offender);
+                    match accused {
+                        Some(a) if self.nodes[a].byzantine.is_some() => self.nodes[a].caught = true,
+                        Some(_) => self.honest_accused = self.honest_accused.or(Some(offender)),
+                        None => {}
                     }
                 }
             }
@@ -556,7 +554,7 @@ impl Simulation {
                 .nodes
                 .iter()
                 .enumerate()
-                .filter(|(_, n)| n.equivocated)
+                .filter(|(_, n)| n.caught)
                 .map(|(i, _)| i)
                 .collect(),
             config: self.config.clone(),
@@ -666,7 +664,7 @@ impl Simulation {
             )));
         }
         // Every equivocator is slashed and ejected.
-        for node in self.nodes.iter().filter(|n| n.equivocated) {
+        for node in self.nodes.iter().filter(|n| n.caught) {
             let owner = DEV_ACCOUNTS[node.key_index as usize];
             if rotation.next_validators().iter().any(|v| v.owner == owner) {
                 return Err(self.fail(format!(

@@ -421,8 +421,8 @@ fn consensus(quick: bool) {
     );
     report(
         BENCH,
-        "sim_seconds_per_10k_seeds_of_76_slots",
-        10_000.0 * 76.0 / (outcome.slots as f64 / seconds) / 2.0,
+        "sim_seconds_per_10k_seeds_of_64_slots",
+        10_000.0 * 64.0 / (outcome.slots as f64 / seconds) / 2.0,
         "s",
     );
 }
