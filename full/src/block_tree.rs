@@ -162,6 +162,12 @@ impl BlockTree {
             return Ok(Vec::new());
         }
         let parent_hash = block.header.parent_hash;
+        if self.nodes.contains_key(&parent_hash)
+            && self.nodes.len() >= MAX_TREE_BLOCKS
+            && !self.evict_one(parent_hash)
+        {
+            return Err(TreeError::Full);
+        }
         let parent = self
             .nodes
             .get(&parent_hash)
@@ -169,9 +175,7 @@ impl BlockTree {
         if block.header.number <= self.root().block.header.number {
             return Err(TreeError::Stale(hash));
         }
-        if self.nodes.len() >= MAX_TREE_BLOCKS {
-            return Err(TreeError::Full);
-        }
+
         let (epoch, set) = parent.child_epoch();
         let header = &block.header;
         let invalid = |e: &dyn std::fmt::Display| TreeError::Invalid(e.to_string());
@@ -192,23 +196,9 @@ impl BlockTree {
         block.verify_body().map_err(|e| invalid(&e))?;
         let senders = recover_senders(&block.transactions).map_err(|e| invalid(&e))?;
         let mut state = parent.state.clone();
-        let parent_set = parent.epoch_set.clone();
         let parent_header = parent.block.header.header.clone();
-        let sets = |e: u64| {
-            [(epoch, &set), (parent_header.epoch, &parent_set)]
-                .into_iter()
-                .find(|(known, _)| *known == e)
-                .map(|(_, s)| s.clone())
-        };
-        execution::execute_block(
-            &mut state,
-            &self.spec,
-            &parent_header,
-            &block,
-            &senders,
-            &sets,
-        )
-        .map_err(|e| invalid(&e))?;
+        execution::execute_block(&mut state, &self.spec, &parent_header, &block, &senders)
+            .map_err(|e| invalid(&e))?;
         let position = execution::epoch_position(&self.spec, &parent_header, header);
         let parent_qc = header.parent_qc.clone();
         self.nodes.insert(
@@ -244,18 +234,46 @@ impl BlockTree {
         if slot > self.highest_certified().block.header.slot {
             self.highest_certified = hash;
         }
-        // This block certified: its parent is final if it sits in the slot right before.
-        let parent_certified = self
+        // This block certified: its parent is final if it sits in the slot
+        // right before, in the same epoch (a QC of the next epoch's set says
+        // nothing about what the previous set is locked on).
+        let parent_final = self
             .nodes
             .get(&header.parent_hash)
-            .is_some_and(|p| p.qc.is_some());
+            .is_some_and(|p| p.qc.is_some() && p.block.header.epoch == header.epoch);
         if header.parent_qc != QuorumCert::genesis()
             && header.slot == header.parent_qc.slot + 1
-            && parent_certified
+            && parent_final
         {
             return self.finalize(header.parent_hash);
         }
         Vec::new()
+    }
+
+    /// Makes room when the tree is full: drops the oldest uncertified block
+    /// without children that fork choice does not build on. False if none.
+    fn evict_one(&mut self, keep: B256) -> bool {
+        let parents: std::collections::HashSet<B256> = self
+            .nodes
+            .values()
+            .map(|n| n.block.header.parent_hash)
+            .collect();
+        let victim = self
+            .nodes
+            .iter()
+            .filter(|(h, n)| {
+                **h != self.root
+                    && **h != self.highest_certified
+                    && **h != keep
+                    && n.qc.is_none()
+                    && !parents.contains(*h)
+            })
+            .min_by_key(|(h, n)| (n.block.header.slot, **h))
+            .map(|(h, _)| *h);
+        match victim {
+            Some(hash) => self.nodes.remove(&hash).is_some(),
+            None => false,
+        }
     }
 
     /// Moves the root up to `hash`, returning the newly final blocks in

@@ -157,6 +157,9 @@ pub struct Engine {
     votes_seen: HashMap<(u64, BlsPublicKey), (u64, Vote)>,
     /// First proposal seen per (slot, proposer key).
     proposals_seen: HashMap<(u64, BlsPublicKey), SignedHeader>,
+    /// Valid blocks accepted per (slot, proposer index): at most two (enough
+    /// to follow either side of an equivocation and to prove it).
+    blocks_per_proposer: HashMap<(u64, u32), u8>,
     evidence: Vec<Evidence>,
     /// Blocks waiting for their parent, by (number, hash).
     orphans: BTreeMap<(u64, B256), Block>,
@@ -165,9 +168,6 @@ pub struct Engine {
     early_qcs: VecDeque<QuorumCert>,
     mempool: Mempool,
     recent_finalized: VecDeque<Block>,
-    /// Sets of finalized epochs still inside the withdrawal window (to check
-    /// evidence about epochs the tree no longer holds).
-    finalized_sets: BTreeMap<u64, ValidatorSet>,
     actions: VecDeque<Action>,
     now_ms: u64,
     last_proposed_slot: u64,
@@ -221,13 +221,13 @@ impl Engine {
             pools: BTreeMap::new(),
             votes_seen: HashMap::new(),
             proposals_seen: HashMap::new(),
+            blocks_per_proposer: HashMap::new(),
             evidence: Vec::new(),
             orphans: BTreeMap::new(),
             early_votes: VecDeque::new(),
             early_qcs: VecDeque::new(),
             mempool: Mempool::new(MempoolConfig::default()),
             recent_finalized: VecDeque::new(),
-            finalized_sets: BTreeMap::new(),
             actions: VecDeque::new(),
             now_ms: 0,
             last_proposed_slot,
@@ -309,10 +309,15 @@ impl Engine {
         }
     }
 
-    /// The clock moved to `now_ms`: propose if this validator's slot has come.
+    /// The clock moved to `now_ms`: propose if this validator's slot has
+    /// come, and once per slot ask again for blocks still missing.
     pub fn handle_tick(&mut self, now_ms: u64) {
+        let previous_slot = self.slot_at(self.now_ms);
         self.now_ms = self.now_ms.max(now_ms);
         let slot = self.slot_at(self.now_ms);
+        if slot > previous_slot {
+            self.request_missing();
+        }
         if slot > self.last_proposed_slot
             && self.now_ms >= self.slot_start_ms(slot) + self.config.proposal_delay_ms
         {
@@ -404,11 +409,9 @@ impl Engine {
                 transactions.push((tx, sender));
             }
         }
-        let sets = |e: u64| self.set_of_epoch(e);
         let candidates = Candidates {
             transactions,
             evidence: self.evidence.clone(),
-            set_of_epoch: &sets,
         };
         let mut state = parent.state.clone();
         let built = execution::build_block(
@@ -420,12 +423,6 @@ impl Engine {
             candidates,
         );
         Some(built.seal(key, self.spec.chain_id))
-    }
-
-    fn set_of_epoch(&self, epoch: u64) -> Option<ValidatorSet> {
-        self.tree
-            .set_of_epoch(epoch)
-            .or_else(|| self.finalized_sets.get(&epoch).cloned())
     }
 
     /// A message from a peer.
@@ -457,9 +454,21 @@ impl Engine {
         if self.tree.contains(&hash) {
             return;
         }
+        // A block for a future slot cannot be honest yet; a proposer gets two blocks per slot at most.
+        let slot = block.header.slot;
+        let proposer_key = (slot, block.header.proposer_index);
+        if slot > self.slot_at(self.now_ms) + 1
+            || self
+                .blocks_per_proposer
+                .get(&proposer_key)
+                .is_some_and(|n| *n >= 2)
+        {
+            return;
+        }
         let parent_qc = block.header.parent_qc.clone();
         match self.tree.insert(block.clone()) {
             Ok(finalized) => {
+                *self.blocks_per_proposer.entry(proposer_key).or_default() += 1;
                 self.note_certificate(&parent_qc);
                 self.on_finalized(finalized);
                 self.detect_double_proposal(&block);
@@ -480,6 +489,22 @@ impl Engine {
             }
             Err(TreeError::Stale(_)) => {}
             Err(TreeError::Full) | Err(TreeError::Invalid(_)) => self.stats.invalid_blocks += 1,
+        }
+    }
+
+    /// Requests the missing parents of buffered blocks (lowest first, a few
+    /// per slot): a lost request or answer is retried on the next slot.
+    fn request_missing(&mut self) {
+        let missing: Vec<B256> = self
+            .orphans
+            .values()
+            .map(|b| b.header.parent_hash)
+            .filter(|p| !self.tree.contains(p) && !self.orphans.keys().any(|(_, h)| h == p))
+            .take(4)
+            .collect();
+        for parent in missing {
+            self.actions
+                .push_back(Action::Broadcast(Message::BlockRequest(parent)));
         }
     }
 
@@ -559,8 +584,10 @@ impl Engine {
         if slot != current || slot <= self.protection.last_voted_slot() {
             return;
         }
-        // Locking: only extend a QC at least as high as the highest one seen.
-        if header.parent_qc.slot < self.high_qc.slot {
+        // Locking: only extend a QC at least as high as the highest one seen
+        // (or persisted before a restart).
+        let lock = self.high_qc.slot.max(self.protection.locked_qc_slot());
+        if header.parent_qc.slot < lock {
             return;
         }
         let Some(node) = self.tree.get(&block.hash()) else {
@@ -578,7 +605,9 @@ impl Engine {
             slot,
             block_hash: block.hash(),
         };
-        if self.protection.check_and_record(request).is_err() {
+        if self.protection.record_lock(header.parent_qc.slot).is_err()
+            || self.protection.check_and_record(request).is_err()
+        {
             self.stats.refused_by_protection += 1;
             return;
         }
@@ -662,6 +691,9 @@ impl Engine {
 
     /// A QC from a peer; `verified` when this engine aggregated it.
     pub fn handle_certificate(&mut self, qc: QuorumCert, verified: bool) {
+        if qc.slot > self.slot_at(self.now_ms) + 1 {
+            return; // cannot be honest yet
+        }
         let Some(node) = self.tree.get(&qc.block_hash) else {
             if qc.slot > self.tree.root().block.header.slot
                 && self.early_qcs.len() < self.config.max_pending
@@ -703,24 +735,19 @@ impl Engine {
         self.pools.retain(|(slot, _), _| *slot > root_slot);
         self.votes_seen.retain(|(slot, _), _| *slot > root_slot);
         self.proposals_seen.retain(|(slot, _), _| *slot > root_slot);
+        self.blocks_per_proposer
+            .retain(|(slot, _), _| *slot > root_slot);
         self.early_votes.retain(|(_, v)| v.slot > root_slot);
         self.early_qcs.retain(|q| q.slot > root_slot);
+        // Evidence can be proven only about the current or the previous epoch.
         let oldest = self
             .tree
             .root()
             .state
             .rotation()
             .current_epoch()
-            .saturating_sub(self.spec.withdrawal_delay_epochs);
-        let epoch_length = self.spec.rotation.epoch_length;
-        self.evidence
-            .retain(|e| e.epoch() >= oldest && evidence_slot(e) / epoch_length >= oldest);
-        let root = self.tree.root();
-        self.finalized_sets
-            .insert(root.block.header.epoch, root.epoch_set.clone());
-        let window = self.spec.withdrawal_delay_epochs.min(64);
-        let keep_from = root.block.header.epoch.saturating_sub(window);
-        self.finalized_sets.retain(|epoch, _| *epoch >= keep_from);
+            .saturating_sub(1);
+        self.evidence.retain(|e| e.epoch() >= oldest);
         let root_state = &self.tree.root().state;
         for block in &finalized {
             for tx in &block.transactions {
@@ -737,13 +764,6 @@ impl Engine {
         // Pruning failures only keep more records than needed; signing stays safe.
         let _ = self.protection.prune_below(root_slot);
         self.actions.push_back(Action::Finalized(finalized));
-    }
-}
-
-fn evidence_slot(evidence: &Evidence) -> u64 {
-    match evidence {
-        Evidence::DoubleVote(e) => e.first.slot,
-        Evidence::DoubleProposal(e) => e.first.slot,
     }
 }
 

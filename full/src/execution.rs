@@ -457,6 +457,34 @@ fn staking_log(event: impl SolEvent) -> Log {
     }
 }
 
+/// The validator set of `epoch` as the state knows it: the current or the
+/// previous epoch's. Evidence validity depends on the state alone, so every
+/// node (proposer or importer, restarted or not) judges it alike.
+fn set_from_state(state: &ChainState, epoch: u64) -> Option<ValidatorSet> {
+    let rotation = state.rotation();
+    let members = if epoch == rotation.current_epoch() {
+        rotation.current_validators()
+    } else if epoch + 1 == rotation.current_epoch() {
+        rotation.previous_validators()
+    } else {
+        return None;
+    };
+    ValidatorSet::new(members.to_vec()).ok()
+}
+
+/// The owner of member `index` of `epoch`'s set, from the state.
+fn member_owner(state: &ChainState, epoch: u64, index: u32) -> Option<Address> {
+    let rotation = state.rotation();
+    let members = if epoch == rotation.current_epoch() {
+        rotation.current_validators()
+    } else if epoch + 1 == rotation.current_epoch() {
+        rotation.previous_validators()
+    } else {
+        return None;
+    };
+    members.get(index as usize).map(|v| v.owner)
+}
+
 /// The nominal epoch of `slot` under the rotation's epoch length.
 fn spec_epoch_of(state: &ChainState, slot: u64) -> u64 {
     slot / state.rotation().config().epoch_length.max(1)
@@ -466,7 +494,6 @@ fn spec_epoch_of(state: &ChainState, slot: u64) -> u64 {
 fn apply_evidence(
     state: &mut ChainState,
     evidence: &Evidence,
-    set_of_epoch: &dyn Fn(u64) -> Option<ValidatorSet>,
     chain_id: u64,
 ) -> Result<Log, String> {
     let epoch = evidence.epoch();
@@ -474,8 +501,11 @@ fn apply_evidence(
         .rotation()
         .check_evidence_age(epoch)
         .map_err(|e| e.to_string())?;
-    let set =
-        set_of_epoch(epoch).ok_or_else(|| format!("no validator set known for epoch {epoch}"))?;
+    let set = set_from_state(state, epoch).ok_or_else(|| {
+        format!(
+            "evidence about epoch {epoch}: only the current and the previous epoch can be proven"
+        )
+    })?;
     let offender = evidence.verify(&set, chain_id).map_err(|e| e.to_string())?;
     let slot = match evidence {
         Evidence::DoubleVote(e) => e.first.slot,
@@ -558,18 +588,17 @@ fn end_epoch(state: &mut ChainState, ending: &Header) -> (EpochTransitionResult,
 /// Executes `block` (a child of `parent`) on `state` and checks every header
 /// commitment against the result. On success the state holds the block's
 /// effects; on failure it is unchanged. `senders` are the recovered senders
-/// of the transactions, in order; `set_of_epoch` gives the validator set of
-/// an epoch (for the proposer and for evidence).
+/// of the transactions, in order. The validator sets it needs (the
+/// proposer's, evidence's) come from the state's rotation.
 pub fn execute_block(
     state: &mut ChainState,
     spec: &ChainSpec,
     parent: &Header,
     block: &Block,
     senders: &[Address],
-    set_of_epoch: &dyn Fn(u64) -> Option<ValidatorSet>,
 ) -> Result<BlockOutput, BlockError> {
     state.begin_block();
-    let result = execute_block_inner(state, spec, parent, block, senders, set_of_epoch);
+    let result = execute_block_inner(state, spec, parent, block, senders);
     match result {
         Ok(output) => {
             state.commit_block();
@@ -588,7 +617,6 @@ fn execute_block_inner(
     parent: &Header,
     block: &Block,
     senders: &[Address],
-    set_of_epoch: &dyn Fn(u64) -> Option<ValidatorSet>,
 ) -> Result<BlockOutput, BlockError> {
     let header = &block.header.header;
     if senders.len() != block.transactions.len() {
@@ -619,12 +647,8 @@ fn execute_block_inner(
         });
     }
     check_epoch_and_sets(state, spec, parent, header)?;
-    let set =
-        set_of_epoch(header.epoch).ok_or(BlockError::UnknownProposer(header.proposer_index))?;
-    let coinbase = set
-        .get(header.proposer_index as usize)
-        .ok_or(BlockError::UnknownProposer(header.proposer_index))?
-        .owner;
+    let coinbase = member_owner(state, header.epoch, header.proposer_index)
+        .ok_or(BlockError::UnknownProposer(header.proposer_index))?;
     let env = BlockEnv {
         chain_id: spec.chain_id,
         epoch: header.epoch,
@@ -652,7 +676,7 @@ fn execute_block_inner(
         });
     }
     for (index, evidence) in block.evidence.iter().enumerate() {
-        let log = apply_evidence(state, evidence, set_of_epoch, spec.chain_id)
+        let log = apply_evidence(state, evidence, spec.chain_id)
             .map_err(|reason| BlockError::Evidence { index, reason })?;
         output.system_logs.push(log);
     }
@@ -755,24 +779,12 @@ fn check_epoch_and_sets(
 }
 
 /// What a proposer offers for a new block.
-pub struct Candidates<'a> {
+#[derive(Debug, Clone, Default)]
+pub struct Candidates {
     /// Transactions with their recovered senders, in the order to try them.
     pub transactions: Vec<(SignedTransaction, Address)>,
     /// Slashing evidence to include if it is still valid and unpunished.
     pub evidence: Vec<Evidence>,
-    /// The validator set of an epoch (to check evidence).
-    pub set_of_epoch: &'a dyn Fn(u64) -> Option<ValidatorSet>,
-}
-
-impl Candidates<'_> {
-    /// Nothing to include.
-    pub fn none() -> Candidates<'static> {
-        Candidates {
-            transactions: Vec::new(),
-            evidence: Vec::new(),
-            set_of_epoch: &|_| None,
-        }
-    }
 }
 
 /// A block built by [`build_block`], before its seal.
@@ -811,7 +823,7 @@ pub fn build_block(
     parent: &Header,
     mut header: Header,
     set: &ValidatorSet,
-    candidates: Candidates<'_>,
+    candidates: Candidates,
 ) -> BuiltBlock {
     header.base_fee_per_gas = next_base_fee(parent);
     header.gas_limit = spec.gas_limit;
@@ -839,7 +851,7 @@ pub fn build_block(
         }
         for item in candidates.evidence.into_iter().take(MAX_EVIDENCE_PER_BLOCK) {
             // Applying mutates only on success; a refused item leaves no trace.
-            if let Ok(log) = apply_evidence(state, &item, candidates.set_of_epoch, spec.chain_id) {
+            if let Ok(log) = apply_evidence(state, &item, spec.chain_id) {
                 output.system_logs.push(log);
                 evidence.push(item);
             }
@@ -935,7 +947,7 @@ mod tests {
                 .collect();
             let candidates = Candidates {
                 transactions,
-                ..Candidates::none()
+                ..Default::default()
             };
             let built = build_block(
                 &mut scratch,
@@ -957,15 +969,7 @@ mod tests {
                 .iter()
                 .map(|tx| tx.recover_sender().unwrap())
                 .collect();
-            let set = self.set.clone();
-            let output = execute_block(
-                &mut self.state,
-                &self.spec,
-                &self.head,
-                block,
-                &senders,
-                &|_| Some(set.clone()),
-            )?;
+            let output = execute_block(&mut self.state, &self.spec, &self.head, block, &senders)?;
             self.head = block.header.header.clone();
             Ok(output)
         }
@@ -1300,11 +1304,11 @@ mod tests {
             second: vote(B256::repeat_byte(2)),
         }));
         c.state.begin_block();
-        let log = apply_evidence(&mut c.state, &evidence, &|_| Some(set.clone()), id).unwrap();
+        let log = apply_evidence(&mut c.state, &evidence, id).unwrap();
         let slashed = IStaking::ValidatorSlashed::decode_log_data(&log.data).unwrap();
         assert_eq!(slashed.owner, set.validators()[2].owner);
         assert_eq!(slashed.amount, set.validators()[2].stake / U256::from(2));
-        let err = apply_evidence(&mut c.state, &evidence, &|_| Some(set.clone()), id).unwrap_err();
+        let err = apply_evidence(&mut c.state, &evidence, id).unwrap_err();
         assert!(err.contains("already punished"), "{err}");
         // The epoch is not signed: evidence may not claim one after its slot's.
         let relabelled = Evidence::DoubleVote(Box::new(luxtensor_light::evidence::DoubleVote {
@@ -1312,9 +1316,11 @@ mod tests {
             first: vote(B256::repeat_byte(3)),
             second: vote(B256::repeat_byte(4)),
         }));
-        let err =
-            apply_evidence(&mut c.state, &relabelled, &|_| Some(set.clone()), id).unwrap_err();
-        assert!(err.contains("after its slot's epoch"), "{err}");
+        let err = apply_evidence(&mut c.state, &relabelled, id).unwrap_err();
+        assert!(
+            err.contains("epoch 1"),
+            "a future epoch is not the current or the previous: {err}"
+        );
     }
 
     #[test]

@@ -153,6 +153,8 @@ pub struct Importer {
     store: Store,
     state: ChainState,
     head: Header,
+    /// Epoch of the head's parent (finality needs parent and child in one epoch).
+    head_parent_epoch: u64,
     /// Decoded sets by epoch (decoding a set costs ~70 µs per key, so they are kept).
     sets: BTreeMap<u64, ValidatorSet>,
 }
@@ -175,11 +177,18 @@ impl Importer {
             })?
             .header
             .header;
+        let head_parent_epoch = match head.is_genesis() {
+            true => 0,
+            false => store
+                .block(&head.parent_hash)?
+                .map_or(head.epoch, |b| b.header.epoch),
+        };
         Ok(Self {
             spec,
             store,
             state,
             head,
+            head_parent_epoch,
             sets: BTreeMap::new(),
         })
     }
@@ -432,24 +441,8 @@ impl Importer {
     ) -> Result<Imported, ImportError> {
         let mut clock = Stopwatch::start();
         let header = &block.header;
-        let parent_set = self.validator_set(self.head.epoch)?;
-        let set = self.validator_set(header.epoch)?;
-        let sets = [(self.head.epoch, parent_set), (header.epoch, set)];
-        let older = |epoch: u64| self.store.validator_set(epoch).ok().flatten();
-        let set_of_epoch = |epoch: u64| {
-            sets.iter()
-                .find(|(e, _)| *e == epoch)
-                .map(|(_, s)| s.clone())
-                .or_else(|| older(epoch))
-        };
-        let output = execution::execute_block(
-            &mut self.state,
-            &self.spec,
-            &self.head,
-            block,
-            senders,
-            &set_of_epoch,
-        )?;
+        let output =
+            execution::execute_block(&mut self.state, &self.spec, &self.head, block, senders)?;
         let execute_us = clock.lap();
 
         let new_set = match &output.epoch_transition {
@@ -463,10 +456,12 @@ impl Importer {
             None => None,
         };
         // Two-chain rule: this block certifies its parent; if the parent sits
-        // in the slot right after the block it certifies, that block is final.
+        // in the slot right after the block it certifies, in the same epoch,
+        // that block is final.
         let parent = &self.head;
         let finalized = (parent.parent_qc != QuorumCert::genesis()
-            && parent.slot == parent.parent_qc.slot + 1)
+            && parent.slot == parent.parent_qc.slot + 1
+            && parent.epoch == self.head_parent_epoch)
             .then_some(parent.parent_hash);
         let parent_qc = (header.parent_qc != QuorumCert::genesis()).then_some(&header.parent_qc);
         let commit = BlockCommit {
@@ -488,6 +483,7 @@ impl Importer {
         if let Some((epoch, set)) = new_set {
             self.sets.insert(epoch, set);
         }
+        self.head_parent_epoch = self.head.epoch;
         self.head = header.header.clone();
         Ok(Imported {
             hash: block.hash(),

@@ -111,6 +111,9 @@ struct RotationState {
     next_queue_position: u64,
     /// Slot of the block that ended the previous epoch (0 before the first).
     ending_block_slot: u64,
+    /// The set of the previous epoch (empty during epoch 0): evidence about
+    /// it can still be checked from the state alone.
+    previous: Vec<Validator>,
 }
 
 /// One punished offence, so that the same evidence never slashes twice.
@@ -181,6 +184,7 @@ impl ValidatorRotation {
                 offences: Vec::new(),
                 next_queue_position: 0,
                 ending_block_slot: 0,
+                previous: Vec::new(),
             },
         }
     }
@@ -227,6 +231,11 @@ impl ValidatorRotation {
     /// The set of the next epoch (already fixed), in set order.
     pub fn next_validators(&self) -> &[Validator] {
         &self.state.next
+    }
+
+    /// The set of the previous epoch (empty during epoch 0).
+    pub fn previous_validators(&self) -> &[Validator] {
+        &self.state.previous
     }
 
     /// Canonical hash of the current set.
@@ -445,6 +454,7 @@ impl ValidatorRotation {
             )));
         }
         let previous = std::mem::replace(&mut self.state.current, self.state.next.clone());
+        self.state.previous = previous.clone();
         self.state.current_epoch = new_epoch;
         self.state.next = self.compute_set(new_epoch + 1);
 

@@ -42,6 +42,7 @@ const VOTES: TableDefinition<u64, [u8; 32]> = TableDefinition::new("votes");
 const PROPOSALS: TableDefinition<u64, [u8; 32]> = TableDefinition::new("proposals");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LAST_VOTED_SLOT: &str = "last_voted_slot";
+const LOCKED_QC_SLOT: &str = "locked_qc_slot";
 const PRUNED_BELOW: &str = "pruned_below";
 
 /// What a validator is about to sign.
@@ -150,6 +151,14 @@ pub trait SlashingProtection: Send {
     /// do proposals below `slot` (even identical re-signs, whose records are
     /// gone). A lower `slot` than an earlier call's changes nothing.
     fn prune_below(&mut self, slot: u64) -> Result<(), SlashingError>;
+
+    /// Raises the persisted lock to `qc_slot` (the parent-QC slot of a block
+    /// about to be voted for) before the vote leaves: after a restart the
+    /// validator must not vote for a block extending an older QC.
+    fn record_lock(&mut self, qc_slot: u64) -> Result<(), SlashingError>;
+
+    /// The persisted lock (0 if none).
+    fn locked_qc_slot(&self) -> u64;
 }
 
 /// What [`decide`] found: the request repeats a record, or is new and safe.
@@ -202,9 +211,19 @@ pub struct MemorySlashingProtection {
     /// `None` until the first vote, so that a vote at slot 0 is possible.
     last_voted: Option<u64>,
     pruned_below: u64,
+    locked_qc_slot: u64,
 }
 
 impl SlashingProtection for MemorySlashingProtection {
+    fn record_lock(&mut self, qc_slot: u64) -> Result<(), SlashingError> {
+        self.locked_qc_slot = self.locked_qc_slot.max(qc_slot);
+        Ok(())
+    }
+
+    fn locked_qc_slot(&self) -> u64 {
+        self.locked_qc_slot
+    }
+
     fn check_and_record(&mut self, request: SigningRequest) -> Result<(), SlashingError> {
         let slot = request.slot();
         let records = match request {
@@ -248,6 +267,7 @@ pub struct DiskSlashingProtection {
     /// file while we hold it; updated only after a commit succeeds.
     last_voted: Option<u64>,
     pruned_below: u64,
+    locked_qc_slot: u64,
 }
 
 impl DiskSlashingProtection {
@@ -277,6 +297,7 @@ impl DiskSlashingProtection {
             path,
             last_voted: None,
             pruned_below: 0,
+            locked_qc_slot: 0,
         };
         // Creates the tables on first use, so that later reads find them.
         let tx = this.db.begin_write().map_err(|e| this.storage(e))?;
@@ -290,6 +311,10 @@ impl DiskSlashingProtection {
                 .map(|v| v.value());
             this.pruned_below = meta
                 .get(PRUNED_BELOW)
+                .map_err(|e| this.storage(e))?
+                .map_or(0, |v| v.value());
+            this.locked_qc_slot = meta
+                .get(LOCKED_QC_SLOT)
                 .map_err(|e| this.storage(e))?
                 .map_or(0, |v| v.value());
         }
@@ -306,6 +331,25 @@ impl DiskSlashingProtection {
 }
 
 impl SlashingProtection for DiskSlashingProtection {
+    fn record_lock(&mut self, qc_slot: u64) -> Result<(), SlashingError> {
+        if qc_slot <= self.locked_qc_slot {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| self.storage(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.storage(e))?;
+            meta.insert(LOCKED_QC_SLOT, qc_slot)
+                .map_err(|e| self.storage(e))?;
+        }
+        tx.commit().map_err(|e| self.storage(e))?;
+        self.locked_qc_slot = qc_slot;
+        Ok(())
+    }
+
+    fn locked_qc_slot(&self) -> u64 {
+        self.locked_qc_slot
+    }
+
     fn check_and_record(&mut self, request: SigningRequest) -> Result<(), SlashingError> {
         let slot = request.slot();
         let table = match request {
@@ -654,5 +698,28 @@ mod tests {
                 prop_assert_eq!(memory.last_voted_slot(), highest_vote.unwrap_or(0));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_only_rises_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("protection");
+        {
+            let mut disk = DiskSlashingProtection::open(&path).unwrap();
+            disk.record_lock(7).unwrap();
+            disk.record_lock(3).unwrap();
+            assert_eq!(disk.locked_qc_slot(), 7);
+        }
+        let disk = DiskSlashingProtection::open(&path).unwrap();
+        assert_eq!(disk.locked_qc_slot(), 7);
+        let mut memory = MemorySlashingProtection::default();
+        memory.record_lock(5).unwrap();
+        memory.record_lock(2).unwrap();
+        assert_eq!(memory.locked_qc_slot(), 5);
     }
 }

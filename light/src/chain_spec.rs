@@ -293,9 +293,9 @@ impl ChainSpec {
     }
 
     /// Hash of the validator rotation's state at genesis: the canonical RLP
-    /// `[0, set, set, [], [], [], [], [], 0, 0]` (epoch, current set, next
+    /// `[0, set, set, [], [], [], [], [], 0, 0, []]` (epoch, current set, next
     /// set, pending activations, pending exits, slashes, withdrawals,
-    /// offences, next queue position, ending block slot). The full node's
+    /// offences, next queue position, ending block slot, previous set). The full node's
     /// rotation produces the same bytes (a test there checks it).
     pub fn genesis_rotation_state_hash(&self) -> B256 {
         let validators = self.genesis_validators();
@@ -309,6 +309,7 @@ impl ChainSpec {
         }
         alloy_rlp::Encodable::encode(&0u64, &mut payload);
         alloy_rlp::Encodable::encode(&0u64, &mut payload);
+        alloy_rlp::encode_list::<u8, u8>(&empty, &mut payload);
         let mut out = Vec::with_capacity(payload.len() + 4);
         alloy_rlp::Header {
             list: true,

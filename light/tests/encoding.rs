@@ -330,11 +330,11 @@ const EXPECTED_PINS: [(&str, &str); 7] = [
     ),
     (
         "devnet(4) genesis state root",
-        "0x539bfeb98ce586cb2e7e36a643ac56927ca6342221b4074c293bc5770e17e892",
+        "0x101196a85dd45ba91873b481c17d6e7066c31719f77073e2cb1a3dd4e0e87fe4",
     ),
     (
         "devnet(4) genesis hash",
-        "0x3dbf5a7f59ada86722118f5db8c62f83d00e22f2bf43d9995bdf33fd89267d70",
+        "0x21e00bc793dcd79b9c8c604ad5ac7057ad03914bd0457746319dd033ac2d74e5",
     ),
     (
         "vote signing root",
@@ -342,7 +342,7 @@ const EXPECTED_PINS: [(&str, &str); 7] = [
     ),
     (
         "vote encoding hash",
-        "0xd9177d69f42ce1841af88044a726443dd863db40dabc3c8b3526020f31559cfd",
+        "0x464634e13182276582e044e94ec718871d2eb342fd6674e1f02da26ffe393dab",
     ),
     // keccak256(rlp([])): the same constant as Ethereum's empty ommers hash.
     (

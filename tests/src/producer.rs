@@ -149,7 +149,7 @@ impl Producer {
         };
         let candidates = Candidates {
             transactions: txs,
-            ..Candidates::none()
+            ..Default::default()
         };
         let built = build_block(
             &mut self.state,

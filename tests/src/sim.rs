@@ -53,12 +53,16 @@ impl Rng {
 /// How a byzantine validator misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Byzantine {
-    /// Proposes two different blocks in its slots, each to half the network.
+    /// Proposes two different blocks in its slots (both reach everyone, in
+    /// random orders, so the network splits on which came first).
     Equivocate,
-    /// Votes for the block and also for a made-up one, each to half the network.
+    /// Votes for the block and also for a made-up one.
     DoubleVote,
     /// Never sends its votes.
     WithholdVotes,
+    /// Votes for every valid block it sees, ignoring the lock and its own
+    /// earlier votes: the byzantine votes a safety attack needs.
+    Reckless,
 }
 
 /// One simulated run.
@@ -104,7 +108,7 @@ impl SimConfig {
             Byzantine::WithholdVotes,
         ];
         let byzantine = (0..byzantine_count)
-            .map(|i| (validators - 1 - i, kinds[rng.range(0, 3) as usize]))
+            .map(|i| (validators - 1 - i, kinds[rng.range(0, 4) as usize]))
             .collect();
         Self {
             seed,
@@ -139,6 +143,12 @@ impl SlashingProtection for SharedProtection {
     }
     fn prune_below(&mut self, slot: u64) -> Result<(), SlashingError> {
         self.0.lock().expect("not poisoned").prune_below(slot)
+    }
+    fn record_lock(&mut self, qc_slot: u64) -> Result<(), SlashingError> {
+        self.0.lock().expect("not poisoned").record_lock(qc_slot)
+    }
+    fn locked_qc_slot(&self) -> u64 {
+        self.0.lock().expect("not poisoned").locked_qc_slot()
     }
 }
 
@@ -412,7 +422,10 @@ impl Simulation {
                     if self.nodes[i].byzantine.is_some() {
                         continue; // only honest observers count
                     }
-                    let accused = self.nodes.iter().position(|n| devnet_validator_key(n.key_index).public_key() == offender);
+                    let accused = self
+                        .nodes
+                        .iter()
+                        .position(|n| devnet_validator_key(n.key_index).public_key() == offender);
                     match accused {
                         Some(a) if self.nodes[a].byzantine.is_some() => self.nodes[a].caught = true,
                         Some(_) => self.honest_accused = self.honest_accused.or(Some(offender)),
@@ -421,6 +434,30 @@ impl Simulation {
                 }
             }
         }
+    }
+
+    /// A vote by node `i` for `hash`, whatever its lock and earlier votes say.
+    fn reckless_vote(&mut self, i: usize, hash: B256) {
+        let Some(engine) = self.nodes[i].engine.as_ref() else {
+            return;
+        };
+        let Some(node) = engine.block(&hash) else {
+            return;
+        };
+        let key = devnet_validator_key(self.nodes[i].key_index);
+        let public = key.public_key();
+        let Some(index) = node
+            .epoch_set
+            .validators()
+            .iter()
+            .position(|v| v.public_key == public)
+        else {
+            return;
+        };
+        let header = &node.block.header;
+        let vote = Vote::sign(&key, self.spec.chain_id, header.slot, hash, index as u32);
+        let epoch = header.epoch;
+        self.broadcast(i, Message::Vote { epoch, vote });
     }
 
     /// Whether `block` is node `i`'s own proposal for the current slot (not
@@ -493,9 +530,18 @@ impl Simulation {
                     }
                 }
                 Event::Deliver { to, message } => {
+                    let reckless = self.nodes[to].byzantine == Some(Byzantine::Reckless)
+                        && self.in_fault_phase(at);
+                    let proposal = match (&message, reckless) {
+                        (Message::Proposal(block), true) => Some(block.hash()),
+                        _ => None,
+                    };
                     if let Some(engine) = self.nodes[to].engine.as_mut() {
                         engine.handle_tick(at);
                         engine.handle_message(message);
+                    }
+                    if let Some(hash) = proposal {
+                        self.reckless_vote(to, hash);
                     }
                     self.flush(to);
                 }
