@@ -106,6 +106,7 @@ impl SimConfig {
             Byzantine::Equivocate,
             Byzantine::DoubleVote,
             Byzantine::WithholdVotes,
+            Byzantine::Reckless,
         ];
         let byzantine = (0..byzantine_count)
             .map(|i| (validators - 1 - i, kinds[rng.range(0, 4) as usize]))
