@@ -457,32 +457,31 @@ fn staking_log(event: impl SolEvent) -> Log {
     }
 }
 
-/// The validator set of `epoch` as the state knows it: the current or the
-/// previous epoch's. Evidence validity depends on the state alone, so every
-/// node (proposer or importer, restarted or not) judges it alike.
-fn set_from_state(state: &ChainState, epoch: u64) -> Option<ValidatorSet> {
+/// The members of `epoch`'s set as the state knows them: the current or the
+/// previous epoch's. Evidence validity and the proposer's owner depend on the
+/// state alone, so every node (proposer or importer, restarted or not)
+/// judges them alike.
+fn members_of_epoch(state: &ChainState, epoch: u64) -> Option<&[Validator]> {
     let rotation = state.rotation();
-    let members = if epoch == rotation.current_epoch() {
-        rotation.current_validators()
+    if epoch == rotation.current_epoch() {
+        Some(rotation.current_validators())
     } else if epoch + 1 == rotation.current_epoch() {
-        rotation.previous_validators()
+        Some(rotation.previous_validators())
     } else {
-        return None;
-    };
-    ValidatorSet::new(members.to_vec()).ok()
+        None
+    }
+}
+
+/// The validator set of `epoch` from the state (see [`members_of_epoch`]).
+fn set_from_state(state: &ChainState, epoch: u64) -> Option<ValidatorSet> {
+    ValidatorSet::new(members_of_epoch(state, epoch)?.to_vec()).ok()
 }
 
 /// The owner of member `index` of `epoch`'s set, from the state.
 fn member_owner(state: &ChainState, epoch: u64, index: u32) -> Option<Address> {
-    let rotation = state.rotation();
-    let members = if epoch == rotation.current_epoch() {
-        rotation.current_validators()
-    } else if epoch + 1 == rotation.current_epoch() {
-        rotation.previous_validators()
-    } else {
-        return None;
-    };
-    members.get(index as usize).map(|v| v.owner)
+    members_of_epoch(state, epoch)?
+        .get(index as usize)
+        .map(|v| v.owner)
 }
 
 /// The nominal epoch of `slot` under the rotation's epoch length.

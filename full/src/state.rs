@@ -11,7 +11,7 @@ use crate::rotation::ValidatorRotation;
 use crate::staking::{STAKING_ADDRESS, staking_code_hash};
 use crate::trie::{StateTrie, account_key};
 use alloy_primitives::{Address, B256, Bytes, U256};
-use luxtensor_light::{Account, ChainSpec, Validator};
+use luxtensor_light::{Account, ChainSpec};
 use std::collections::{BTreeSet, HashMap};
 
 /// An account with the proof that it is (or is not) in the state trie, as
@@ -52,15 +52,7 @@ impl ChainState {
     /// The state at genesis: funded accounts, the genesis validators' stake
     /// held by the staking contract.
     pub fn genesis(spec: &ChainSpec) -> Self {
-        let validators: Vec<Validator> = spec
-            .validators
-            .iter()
-            .map(|v| Validator {
-                owner: v.owner,
-                public_key: v.public_key,
-                stake: v.stake,
-            })
-            .collect();
+        let validators = spec.genesis_validators();
         let staked = validators
             .iter()
             .fold(U256::ZERO, |sum, v| sum.saturating_add(v.stake));

@@ -269,7 +269,8 @@ impl ChainSpec {
         ValidatorSet::new(self.genesis_validators())
     }
 
-    fn genesis_validators(&self) -> Vec<Validator> {
+    /// The genesis validators as set members (without their proofs of possession).
+    pub fn genesis_validators(&self) -> Vec<Validator> {
         self.validators
             .iter()
             .map(|v| Validator {
