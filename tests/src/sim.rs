@@ -95,6 +95,25 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// A quiet network of `validators`: short delays, no loss, partition,
+    /// crash, byzantine validator or staking (tests switch faults on one by one).
+    pub fn quiet(seed: u64, validators: usize) -> Self {
+        Self {
+            seed,
+            validators,
+            fault_slots: 16,
+            settle_slots: 24,
+            slot_ms: 1000,
+            epoch_length: 8,
+            delay_ms: (5, 100),
+            loss_percent: 0,
+            partition: false,
+            crashes: 0,
+            byzantine: vec![],
+            staking: false,
+        }
+    }
+
     /// A random scenario for `seed`: 4 to 10 validators, delays, loss, maybe
     /// a partition, crashes, byzantine validators and staking.
     pub fn random(seed: u64) -> Self {

@@ -8,20 +8,7 @@
 use luxtensor_tests::sim::{Byzantine, SimConfig, Simulation};
 
 fn quiet(seed: u64, validators: usize) -> SimConfig {
-    SimConfig {
-        seed,
-        validators,
-        fault_slots: 16,
-        settle_slots: 24,
-        slot_ms: 1000,
-        epoch_length: 8,
-        delay_ms: (5, 100),
-        loss_percent: 0,
-        partition: false,
-        crashes: 0,
-        byzantine: vec![],
-        staking: false,
-    }
+    SimConfig::quiet(seed, validators)
 }
 
 #[test]

@@ -368,18 +368,9 @@ fn consensus(quick: bool) {
 
     const BENCH: &str = "consensus";
     let healthy = SimConfig {
-        seed: 1,
-        validators: 4,
         fault_slots: 8,
         settle_slots: if quick { 24 } else { 64 },
-        slot_ms: 1000,
-        epoch_length: 8,
-        delay_ms: (5, 100),
-        loss_percent: 0,
-        partition: false,
-        crashes: 0,
-        byzantine: vec![],
-        staking: false,
+        ..SimConfig::quiet(1, 4)
     };
     let outcome = Simulation::new(healthy)
         .run()
