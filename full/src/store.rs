@@ -66,6 +66,18 @@ fn encode_list<T: alloy_rlp::Encodable>(items: &[T]) -> Vec<u8> {
     out
 }
 
+/// Opens a table for reading; `None` if nothing was ever written to it.
+fn open_if_exists<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match tx.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(e.into())
 }
@@ -237,10 +249,8 @@ impl Store {
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|tx| {
-            let table = match tx.open_table(table) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(db_err(e)),
+            let Some(table) = open_if_exists(tx, table)? else {
+                return Ok(None);
             };
             Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
         })
@@ -248,10 +258,8 @@ impl Store {
 
     fn meta_hash(&self, key: &str) -> Result<Option<B256>, StoreError> {
         self.read(|tx| {
-            let table = match tx.open_table(META) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(db_err(e)),
+            let Some(table) = open_if_exists(tx, META)? else {
+                return Ok(None);
             };
             let value = table.get(key).map_err(db_err)?;
             value
@@ -281,10 +289,8 @@ impl Store {
     /// The canonical block hash at `number`.
     pub fn canonical_hash(&self, number: u64) -> Result<Option<B256>, StoreError> {
         self.read(|tx| {
-            let table = match tx.open_table(CANONICAL) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(db_err(e)),
+            let Some(table) = open_if_exists(tx, CANONICAL)? else {
+                return Ok(None);
             };
             let value = table.get(number).map_err(db_err)?;
             value
@@ -347,10 +353,8 @@ impl Store {
     /// The validator set of `epoch`.
     pub fn validator_set(&self, epoch: u64) -> Result<Option<ValidatorSet>, StoreError> {
         self.read(|tx| {
-            let table = match tx.open_table(SETS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(db_err(e)),
+            let Some(table) = open_if_exists(tx, SETS)? else {
+                return Ok(None);
             };
             let value = table.get(epoch).map_err(db_err)?;
             value
