@@ -61,19 +61,7 @@ impl ChainState {
             spec.withdrawal_delay_epochs,
             validators,
         );
-        let mut accounts: Vec<(Address, Account)> = spec
-            .balances
-            .iter()
-            .map(|a| {
-                (
-                    a.address,
-                    Account {
-                        balance: a.balance,
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect();
+        let mut accounts: Vec<(Address, Account)> = spec.funded_accounts().collect();
         accounts.push((
             STAKING_ADDRESS,
             Account {

@@ -336,19 +336,21 @@ impl ChainSpec {
             code_hash: keccak256(STAKING_CODE),
         };
         alloy_trie::root::state_root_unhashed(
-            self.balances
-                .iter()
-                .map(|a| {
-                    (
-                        a.address,
-                        Account {
-                            balance: a.balance,
-                            ..Default::default()
-                        },
-                    )
-                })
-                .chain([(STAKING_ADDRESS, staking)]),
+            self.funded_accounts().chain([(STAKING_ADDRESS, staking)]),
         )
+    }
+
+    /// The accounts `balances` funds at genesis, as state-trie accounts.
+    pub fn funded_accounts(&self) -> impl Iterator<Item = (Address, Account)> + '_ {
+        self.balances.iter().map(|a| {
+            (
+                a.address,
+                Account {
+                    balance: a.balance,
+                    ..Default::default()
+                },
+            )
+        })
     }
 
     /// The genesis header. Its hash is the root of trust of a light client
