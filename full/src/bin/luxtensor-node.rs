@@ -1,0 +1,3 @@
+//! `luxtensor-node`: the full node binary.
+
+fn main() {}
