@@ -13,6 +13,7 @@
 //! | [`staking`] | the staking system contract's address and ABI |
 //! | [`state`] | [`ChainState`]: accounts, staking contract and rotation under one root, journaled per block |
 //! | [`store`] | [`Store`]: crash-safe redb storage, one atomic commit per block |
+//! | [`sync`] | [`sync::SyncProtocol`]: the sans-IO parallel block-download scheduler (which blocks from which peer, timeouts, hedging, penalties, in-order release) |
 //! | [`import`] | [`Importer`]: the one path by which a block enters the node (verify, recover senders in parallel, execute, commit) |
 //! | [`execution`] | transfers, staking calls, fees, evidence, epoch transitions: [`execute_block`], [`build_block`] |
 //!
@@ -29,6 +30,7 @@ pub mod slashing_protection;
 pub mod staking;
 pub mod state;
 pub mod store;
+pub mod sync;
 pub mod trie;
 
 #[cfg(test)]
