@@ -208,6 +208,11 @@ impl Importer {
         &self.state
     }
 
+    /// An account of the head state with its EIP-1186 proof (`eth_getProof`).
+    pub fn account_proof(&mut self, address: Address) -> crate::state::AccountProof {
+        self.state.proof(address)
+    }
+
     /// The store, for reads.
     pub fn store(&self) -> &Store {
         &self.store

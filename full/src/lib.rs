@@ -10,6 +10,7 @@
 //! | [`slashing_protection`] | [`slashing_protection::SlashingProtection`]: a validator records what it signs before the signature leaves and refuses to double-vote or double-propose, across restarts (in memory, or in redb: the one module besides `store` that does I/O) |
 //! | [`trie`] | [`StateTrie`]: an in-memory Merkle-Patricia trie whose root costs time in proportion to what changed, with EIP-1186 proofs |
 //! | [`mempool`] | [`Mempool`]: bounded, per-sender nonce-ordered pending transactions |
+//! | [`rpc`] | geth-compatible JSON-RPC over HTTP and WebSocket, subscriptions, polling filters, the `lux_` namespace, `/metrics` ([`rpc::serve`]) |
 //! | [`staking`] | the staking system contract's address and ABI |
 //! | [`state`] | [`ChainState`]: accounts, staking contract and rotation under one root, journaled per block |
 //! | [`store`] | [`Store`]: crash-safe redb storage, one atomic commit per block |
@@ -26,6 +27,7 @@ pub mod execution;
 pub mod import;
 pub mod mempool;
 pub mod rotation;
+pub mod rpc;
 pub mod slashing_protection;
 pub mod staking;
 pub mod state;
