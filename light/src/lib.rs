@@ -16,6 +16,7 @@
 //! | [`chain_spec`] | [`ChainSpec`], [`RotationConfig`], the built-in devnet |
 //! | [`verify`] | the header rulebook: [`verify_header`], [`verify_link`] |
 //! | [`codec`] | total decoding: size caps, no trailing bytes, canonical RLP |
+//! | [`client`] | the light client's sans-IO core: checkpoints, epoch updates, the [`client::LightClient`] state machine, proof checks |
 //!
 //! With `default-features = false` this crate does no I/O: no sockets, no
 //! files, no clock, no threads of its own. Randomness (for batch
@@ -40,6 +41,7 @@
 pub mod block;
 pub mod bls;
 pub mod chain_spec;
+pub mod client;
 pub mod codec;
 pub mod evidence;
 pub mod header;
