@@ -73,7 +73,7 @@ pub enum CheckpointMaterial {
     /// The block's header and its epoch's set (for [`Anchor::Block`]).
     Block {
         /// The header whose hash is the checkpoint.
-        header: Header,
+        header: Box<Header>,
         /// The set of the header's epoch.
         set: ValidatorSet,
     },
@@ -237,7 +237,7 @@ impl Checkpoint {
             (Anchor::Block(hash), CheckpointMaterial::Block { header, set }) => {
                 matches("header", *hash, header.hash())?;
                 matches("validator set", header.validator_set_hash, set.hash())?;
-                TrustedState::from_header(spec.chain_id, header, set)
+                TrustedState::from_header(spec.chain_id, *header, set)
             }
             (Anchor::Epoch { .. }, _) => {
                 return Err(CheckpointError::MissingMaterial {
@@ -381,7 +381,7 @@ mod tests {
             .trust(
                 &spec,
                 CheckpointMaterial::Block {
-                    header: header.clone(),
+                    header: Box::new(header.clone()),
                     set,
                 },
                 NOW,

@@ -24,6 +24,8 @@ pub struct Config {
     pub max_upstreams: usize,
     /// Most updates accepted in one page (default 256).
     pub max_updates_per_page: usize,
+    /// Largest encoded page of updates accepted (default 16 MiB).
+    pub max_page_bytes: usize,
     /// Most heads kept while waiting for the set of their epoch (default 32).
     pub max_pending_heads: usize,
     /// Most verified recent headers kept for fork choice, finality and
@@ -42,6 +44,7 @@ impl Default for Config {
         Self {
             max_upstreams: 8,
             max_updates_per_page: 256,
+            max_page_bytes: 16 << 20,
             max_pending_heads: 32,
             max_recent_heads: 256,
             max_events: 4096,
@@ -435,19 +438,15 @@ impl LightClient {
         }
     }
 
-    /// Decodes a page of updates (an RLP list, at most `max_updates_per_page`
-    /// long and [`MAX_UPDATE_BYTES`](super::update::MAX_UPDATE_BYTES) per
-    /// update) and handles it.
+    /// Decodes a page of updates (an RLP list of at most `max_page_bytes`)
+    /// and handles it.
     pub fn handle_update_bytes(
         &mut self,
         upstream: UpstreamId,
         bytes: &[u8],
         rng_seed: [u8; 32],
     ) -> Result<UpdatesOutcome, ClientError> {
-        let max = self
-            .config
-            .max_updates_per_page
-            .saturating_mul(super::update::MAX_UPDATE_BYTES);
+        let max = self.config.max_page_bytes;
         match crate::codec::decode_exact::<Vec<EpochUpdate>>("update page", bytes, max) {
             Ok(updates) => self.handle_updates(upstream, updates, rng_seed),
             Err(e) => {
@@ -954,8 +953,8 @@ impl LightClient {
         while self.recent.len() > self.config.max_recent_heads {
             let lowest = self
                 .by_slot
-                .iter()
-                .map(|(_, h)| *h)
+                .values()
+                .copied()
                 .find(|h| Some(*h) != self.head);
             match lowest {
                 Some(hash) => self.forget(&hash),
