@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod producer;
+pub mod rpc_support;
 pub mod sim;
 pub mod wallet;
 
