@@ -237,6 +237,46 @@ impl Engine {
         }
     }
 
+    /// Starts over from `root` (after range sync moved the store past the
+    /// engine), keeping the key and its slashing-protection record.
+    pub fn restart_from(&mut self, root: Root) {
+        let protection = std::mem::replace(
+            &mut self.protection,
+            Box::new(crate::slashing_protection::MemorySlashingProtection::default()),
+        );
+        *self = Engine::new(
+            self.spec.clone(),
+            self.config.clone(),
+            self.key.clone(),
+            protection,
+            root,
+        );
+    }
+
+    /// Evidence reported from outside (a light client that caught an
+    /// equivocation, through the RPC). It is checked against the set of its
+    /// epoch (the head's or the finalized block's) before the next proposal
+    /// may include it.
+    pub fn submit_evidence(&mut self, evidence: Evidence) -> Result<(), String> {
+        let epoch = evidence.epoch();
+        let set = [self.tree.highest_certified(), self.tree.root()]
+            .into_iter()
+            .find(|node| node.block.header.epoch == epoch)
+            .map(|node| node.epoch_set.clone())
+            .ok_or_else(|| format!("evidence of epoch {epoch} is too old or too new"))?;
+        let owner = evidence
+            .verify(&set, self.spec.chain_id)
+            .map_err(|e| e.to_string())?;
+        let offender = set
+            .validators()
+            .iter()
+            .find(|v| v.owner == owner)
+            .map(|v| v.public_key)
+            .ok_or("offender is not in the set")?;
+        self.record_evidence(evidence, offender);
+        Ok(())
+    }
+
     /// The finalized block and what a store keeps of it, to restart from.
     pub fn root(&self) -> Root {
         let node = self.tree.root();

@@ -10,7 +10,9 @@
 //! | [`slashing_protection`] | [`slashing_protection::SlashingProtection`]: a validator records what it signs before the signature leaves and refuses to double-vote or double-propose, across restarts (in memory, or in redb: the one module besides `store` that does I/O) |
 //! | [`trie`] | [`StateTrie`]: an in-memory Merkle-Patricia trie whose root costs time in proportion to what changed, with EIP-1186 proofs |
 //! | [`mempool`] | [`Mempool`]: bounded, per-sender nonce-ordered pending transactions |
+//! | [`network`] | libp2p: gossip, the sync request protocol, peer scoring ([`network::Network`]) |
 //! | [`rpc`] | geth-compatible JSON-RPC over HTTP and WebSocket, subscriptions, polling filters, the `lux_` namespace, `/metrics` ([`rpc::serve`]) |
+//! | [`node`] | [`node::Node`]: the async shell driving engine, network, sync, store and RPC |
 //! | [`staking`] | the staking system contract's address and ABI |
 //! | [`state`] | [`ChainState`]: accounts, staking contract and rotation under one root, journaled per block |
 //! | [`store`] | [`Store`]: crash-safe redb storage, one atomic commit per block |
@@ -26,6 +28,8 @@ pub mod consensus;
 pub mod execution;
 pub mod import;
 pub mod mempool;
+pub mod network;
+pub mod node;
 pub mod rotation;
 pub mod rpc;
 pub mod slashing_protection;

@@ -350,6 +350,17 @@ impl Store {
             .transpose()
     }
 
+    /// Stores the QC of `block_hash` before its child is stored (the node
+    /// keeps its finalized head's certificate, to restart from it).
+    pub fn put_qc(&self, block_hash: &B256, qc: &QuorumCert) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.open_table(QCS)
+            .map_err(db_err)?
+            .insert(block_hash.as_slice(), alloy_rlp::encode(qc).as_slice())
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
     /// The validator set of `epoch`.
     pub fn validator_set(&self, epoch: u64) -> Result<Option<ValidatorSet>, StoreError> {
         self.read(|tx| {

@@ -33,11 +33,13 @@
 //!
 //! The peer id is a type parameter: tests use `u32`, the node libp2p's `PeerId`.
 
+pub mod manager;
 mod peers;
 mod protocol;
 #[cfg(test)]
 mod tests;
 
+pub use manager::SyncManager;
 pub use protocol::{
     BLOCK_REQUEST_TIMEOUT_MS, BatchRequest, BlockRange, ConfigError, MAX_BLOCKS_PER_REQUEST,
     MAX_PARALLEL_DOWNLOADS, MAX_RETRIES, PenaltyReason, RequestId, SyncConfig, SyncError,

@@ -1,0 +1,406 @@
+//! What goes over the wire: gossip payloads per topic and the sync protocol's
+//! requests and responses, all RLP compressed with snappy (as Ethereum's
+//! devp2p and consensus-layer networking do).
+//!
+//! Every decoder is total: the decompressed length is read from the snappy
+//! preamble and checked against a cap *before* any memory is allocated, and
+//! the RLP goes through [`luxtensor_light::codec::decode_exact`].
+
+use alloy_primitives::B256;
+use alloy_rlp::{RlpDecodable, RlpEncodable};
+use luxtensor_light::codec::{self, DecodeError};
+use luxtensor_light::{Block, QuorumCert, SignedHeader, SignedTransaction, Vote};
+
+/// Most blocks or headers one sync request may ask for.
+pub const MAX_BLOCKS_PER_REQUEST: u64 = 128;
+/// Most hashes in one by-hash request.
+pub const MAX_HASHES_PER_REQUEST: usize = 128;
+/// Largest sync response, decompressed (128 full blocks would be far more:
+/// a server stops adding blocks before this and the client asks for the rest).
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest sync request, decompressed.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Largest gossip payload, decompressed: one full block.
+pub const MAX_GOSSIP_BYTES: usize = codec::MAX_BLOCK_BYTES;
+
+/// Why bytes from a peer were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Snappy framing is broken.
+    #[error("{what}: invalid snappy data: {reason}")]
+    Snappy {
+        /// What was being decoded.
+        what: &'static str,
+        /// The decompressor's complaint.
+        reason: String,
+    },
+    /// The payload would decompress past its cap.
+    #[error("{what}: decompresses to {len} bytes, over the limit of {max}")]
+    TooLarge {
+        /// What was being decoded.
+        what: &'static str,
+        /// The announced decompressed length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The payload is not a valid value.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A request breaks a protocol bound.
+    #[error("request out of bounds: {0}")]
+    Bounds(&'static str),
+    /// An unknown message kind.
+    #[error("{what}: unknown kind {kind}")]
+    UnknownKind {
+        /// What was being decoded.
+        what: &'static str,
+        /// The kind byte.
+        kind: u8,
+    },
+}
+
+/// Compresses `bytes` with raw snappy.
+pub fn compress(bytes: &[u8]) -> Vec<u8> {
+    snap::raw::Encoder::new()
+        .compress_vec(bytes)
+        .expect("snappy compresses any input below 4 GiB")
+}
+
+/// Decompresses raw snappy, refusing before allocating if the announced
+/// length is over `max`.
+pub fn decompress(what: &'static str, bytes: &[u8], max: usize) -> Result<Vec<u8>, WireError> {
+    let snappy = |e: snap::Error| WireError::Snappy {
+        what,
+        reason: e.to_string(),
+    };
+    let len = snap::raw::decompress_len(bytes).map_err(snappy)?;
+    if len > max {
+        return Err(WireError::TooLarge { what, len, max });
+    }
+    snap::raw::Decoder::new().decompress_vec(bytes).map_err(snappy)
+}
+
+/// The gossip topics, one per kind of message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Proposed blocks.
+    Blocks,
+    /// Votes.
+    Votes,
+    /// Quorum certificates gossiped on their own.
+    Certificates,
+    /// Pending transactions.
+    Transactions,
+}
+
+impl Topic {
+    /// Every topic.
+    pub const ALL: [Topic; 4] = [
+        Topic::Blocks,
+        Topic::Votes,
+        Topic::Certificates,
+        Topic::Transactions,
+    ];
+
+    /// The topic name on the network of `chain_id` (nodes of other chains
+    /// never mesh with us).
+    pub fn name(self, chain_id: u64) -> String {
+        let kind = match self {
+            Topic::Blocks => "blocks",
+            Topic::Votes => "votes",
+            Topic::Certificates => "qcs",
+            Topic::Transactions => "txs",
+        };
+        format!("/luxtensor/{chain_id}/{kind}/rlp_snappy")
+    }
+}
+
+/// A vote with the epoch of the block it is for (the set that checks it).
+#[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+pub struct VoteMessage {
+    /// Epoch of the voted block.
+    pub epoch: u64,
+    /// The vote.
+    pub vote: Vote,
+}
+
+/// One gossip message, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipMessage {
+    /// A proposed block.
+    Block(Box<Block>),
+    /// A vote.
+    Vote(VoteMessage),
+    /// A QC.
+    Certificate(QuorumCert),
+    /// A pending transaction.
+    Transaction(SignedTransaction),
+}
+
+impl GossipMessage {
+    /// The topic this message travels on.
+    pub fn topic(&self) -> Topic {
+        match self {
+            GossipMessage::Block(_) => Topic::Blocks,
+            GossipMessage::Vote(_) => Topic::Votes,
+            GossipMessage::Certificate(_) => Topic::Certificates,
+            GossipMessage::Transaction(_) => Topic::Transactions,
+        }
+    }
+
+    /// The compressed payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let rlp = match self {
+            GossipMessage::Block(block) => alloy_rlp::encode(block.as_ref()),
+            GossipMessage::Vote(vote) => alloy_rlp::encode(vote),
+            GossipMessage::Certificate(qc) => alloy_rlp::encode(qc),
+            GossipMessage::Transaction(tx) => alloy_rlp::encode(tx),
+        };
+        compress(&rlp)
+    }
+
+    /// Decodes a payload received on `topic`.
+    pub fn decode(topic: Topic, bytes: &[u8]) -> Result<Self, WireError> {
+        let raw = decompress("gossip message", bytes, MAX_GOSSIP_BYTES)?;
+        Ok(match topic {
+            Topic::Blocks => GossipMessage::Block(Box::new(Block::decode(&raw)?)),
+            Topic::Votes => GossipMessage::Vote(codec::decode_exact(
+                "vote message",
+                &raw,
+                codec::MAX_QC_BYTES,
+            )?),
+            Topic::Certificates => {
+                GossipMessage::Certificate(QuorumCert::decode(&raw).map_err(WireError::Decode)?)
+            }
+            Topic::Transactions => GossipMessage::Transaction(codec::decode_exact(
+                "transaction",
+                &raw,
+                codec::MAX_TRANSACTION_BYTES,
+            )?),
+        })
+    }
+}
+
+/// What a peer tells about its chain when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, RlpEncodable, RlpDecodable)]
+pub struct PeerStatus {
+    /// Its chain id.
+    pub chain_id: u64,
+    /// Its genesis hash.
+    pub genesis_hash: B256,
+    /// Its latest finalized block number.
+    pub finalized_number: u64,
+    /// Its latest finalized block hash.
+    pub finalized_hash: B256,
+}
+
+/// A request of the sync protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncRequest {
+    /// The peer's [`PeerStatus`].
+    Status,
+    /// Finalized headers `start..start + count`.
+    HeadersByRange {
+        /// First block number.
+        start: u64,
+        /// How many (at most [`MAX_BLOCKS_PER_REQUEST`]).
+        count: u64,
+    },
+    /// Finalized blocks `start..start + count`.
+    BlocksByRange {
+        /// First block number.
+        start: u64,
+        /// How many (at most [`MAX_BLOCKS_PER_REQUEST`]).
+        count: u64,
+    },
+    /// Blocks by hash (finalized or not), as many as the peer has.
+    BlocksByHash(Vec<B256>),
+}
+
+/// A response of the sync protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncResponse {
+    /// Answer to [`SyncRequest::Status`].
+    Status(PeerStatus),
+    /// Answer to [`SyncRequest::HeadersByRange`]: consecutive headers from `start`.
+    Headers(Vec<SignedHeader>),
+    /// Answer to the block requests.
+    Blocks(Vec<Block>),
+}
+
+/// The flat RLP shape of a request: `[kind, start, count, hashes]`.
+#[derive(RlpEncodable, RlpDecodable)]
+struct RequestFrame {
+    kind: u8,
+    start: u64,
+    count: u64,
+    hashes: Vec<B256>,
+}
+
+impl SyncRequest {
+    /// The compressed encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, start, count, hashes) = match self {
+            SyncRequest::Status => (0, 0, 0, vec![]),
+            SyncRequest::HeadersByRange { start, count } => (1, *start, *count, vec![]),
+            SyncRequest::BlocksByRange { start, count } => (2, *start, *count, vec![]),
+            SyncRequest::BlocksByHash(hashes) => (3, 0, 0, hashes.clone()),
+        };
+        compress(&alloy_rlp::encode(RequestFrame {
+            kind,
+            start,
+            count,
+            hashes,
+        }))
+    }
+
+    /// Decodes and checks the bounds of a request.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let raw = decompress("sync request", bytes, MAX_REQUEST_BYTES)?;
+        let frame: RequestFrame = codec::decode_exact("sync request", &raw, MAX_REQUEST_BYTES)?;
+        let range_ok = frame.count >= 1 && frame.count <= MAX_BLOCKS_PER_REQUEST;
+        let request = match frame.kind {
+            0 => SyncRequest::Status,
+            1 | 2 if !range_ok => return Err(WireError::Bounds("count must be 1..=128")),
+            1 => SyncRequest::HeadersByRange {
+                start: frame.start,
+                count: frame.count,
+            },
+            2 => SyncRequest::BlocksByRange {
+                start: frame.start,
+                count: frame.count,
+            },
+            3 if frame.hashes.is_empty() || frame.hashes.len() > MAX_HASHES_PER_REQUEST => {
+                return Err(WireError::Bounds("1..=128 hashes"));
+            }
+            3 => SyncRequest::BlocksByHash(frame.hashes),
+            kind => {
+                return Err(WireError::UnknownKind {
+                    what: "sync request",
+                    kind,
+                });
+            }
+        };
+        Ok(request)
+    }
+}
+
+impl SyncResponse {
+    /// The compressed encoding: a kind byte, then the RLP of the payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut raw = Vec::new();
+        match self {
+            SyncResponse::Status(status) => {
+                raw.push(0);
+                alloy_rlp::Encodable::encode(status, &mut raw);
+            }
+            SyncResponse::Headers(headers) => {
+                raw.push(1);
+                alloy_rlp::encode_list(headers, &mut raw);
+            }
+            SyncResponse::Blocks(blocks) => {
+                raw.push(2);
+                alloy_rlp::encode_list(blocks, &mut raw);
+            }
+        }
+        compress(&raw)
+    }
+
+    /// Decodes a response.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let raw = decompress("sync response", bytes, MAX_RESPONSE_BYTES)?;
+        let (&kind, body) = raw.split_first().ok_or(WireError::Bounds("empty response"))?;
+        let what = "sync response";
+        Ok(match kind {
+            0 => SyncResponse::Status(codec::decode_exact(what, body, MAX_RESPONSE_BYTES)?),
+            1 => {
+                let headers: Vec<SignedHeader> =
+                    codec::decode_exact(what, body, MAX_RESPONSE_BYTES)?;
+                if headers.len() as u64 > MAX_BLOCKS_PER_REQUEST {
+                    return Err(WireError::Bounds("more than 128 headers"));
+                }
+                SyncResponse::Headers(headers)
+            }
+            2 => {
+                let blocks: Vec<Block> = codec::decode_exact(what, body, MAX_RESPONSE_BYTES)?;
+                if blocks.len() as u64 > MAX_BLOCKS_PER_REQUEST {
+                    return Err(WireError::Bounds("more than 128 blocks"));
+                }
+                SyncResponse::Blocks(blocks)
+            }
+            kind => return Err(WireError::UnknownKind { what, kind }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for request in [
+            SyncRequest::Status,
+            SyncRequest::HeadersByRange { start: 5, count: 128 },
+            SyncRequest::BlocksByRange { start: 0, count: 1 },
+            SyncRequest::BlocksByHash(vec![B256::repeat_byte(7); 3]),
+        ] {
+            assert_eq!(SyncRequest::decode(&request.encode()).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn request_bounds_are_enforced() {
+        let too_many = SyncRequest::BlocksByRange { start: 0, count: 129 };
+        assert!(matches!(
+            SyncRequest::decode(&too_many.encode()),
+            Err(WireError::Bounds(_))
+        ));
+        let none = SyncRequest::HeadersByRange { start: 0, count: 0 };
+        assert!(SyncRequest::decode(&none.encode()).is_err());
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let status = SyncResponse::Status(PeerStatus {
+            chain_id: 31337,
+            genesis_hash: B256::repeat_byte(1),
+            finalized_number: 9,
+            finalized_hash: B256::repeat_byte(2),
+        });
+        assert_eq!(SyncResponse::decode(&status.encode()).unwrap(), status);
+        let empty = SyncResponse::Blocks(vec![]);
+        assert_eq!(SyncResponse::decode(&empty.encode()).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_allocation() {
+        // 64 MiB of zeros compresses to a few KiB; its preamble announces the size.
+        let bomb = compress(&vec![0u8; 64 * 1024 * 1024]);
+        assert!(bomb.len() < 4 * 1024 * 1024);
+        assert!(matches!(
+            SyncResponse::decode(&bomb),
+            Err(WireError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            GossipMessage::decode(Topic::Blocks, &bomb),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = SyncRequest::decode(&bytes);
+            let _ = SyncResponse::decode(&bytes);
+            for topic in Topic::ALL {
+                let _ = GossipMessage::decode(topic, &bytes);
+                let _ = GossipMessage::decode(topic, &compress(&bytes));
+            }
+            let _ = SyncResponse::decode(&compress(&bytes));
+            let _ = SyncRequest::decode(&compress(&bytes));
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! `SyncManager`: drives the [`SyncProtocol`] scheduler over the network.
+//!
+//! It decides when the node is far enough behind its peers to leave gossip
+//! for range sync, fetches headers (one peer at a time, 128 per request,
+//! linked by hash to what is already queued), hands bodies to the scheduler,
+//! maps network requests to scheduler batches, and turns the scheduler's
+//! penalties into peer-score penalties. Seals and parent QCs are verified
+//! when the blocks are imported, as one randomized batch per run
+//! ([`crate::Importer::import_chain`]); a block that fails there restarts
+//! the sync and the peer that served its header is penalised.
+//!
+//! Pure bookkeeping: the node sends the requests it returns and feeds back
+//! the answers, so the manager needs neither a clock nor sockets.
+
+use super::protocol::{PenaltyReason, RequestId, SyncConfig, SyncEvent, SyncProtocol};
+use crate::network::{Misbehaviour, SyncRequest, SyncResponse};
+use crate::rpc::SyncProgress;
+use alloy_primitives::B256;
+use libp2p::PeerId;
+use libp2p::request_response::OutboundRequestId;
+use luxtensor_light::{Block, Header};
+use std::collections::{BTreeMap, HashMap};
+
+/// How far behind the best peer (in finalized blocks) a node must be to
+/// start range sync.
+pub const SYNC_DISTANCE: u64 = 32;
+/// Close enough to the best peer to hand over to gossip.
+pub const CAUGHT_UP_DISTANCE: u64 = 4;
+
+/// What a request the manager asked for is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// Headers from this number on.
+    Headers(u64),
+    /// A batch of bodies of the scheduler.
+    Batch(RequestId),
+}
+
+/// A request to send, and what it is for.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// To whom.
+    pub peer: PeerId,
+    /// What.
+    pub request: SyncRequest,
+    /// Hand back to [`SyncManager::sent`] with the network's request id.
+    pub tag: Tag,
+}
+
+/// What changed in the sync's life after an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// Not syncing, nothing changed.
+    Idle,
+    /// Range sync just began.
+    Started,
+    /// Still syncing.
+    Syncing,
+    /// Range sync just finished: follow the head by gossip from here.
+    CaughtUp,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    starting: u64,
+    started_ms: u64,
+    imported_at_start: u64,
+}
+
+/// The range-sync driver of a node.
+#[derive(Debug)]
+pub struct SyncManager {
+    config: SyncConfig,
+    protocol: SyncProtocol<PeerId>,
+    peers: HashMap<PeerId, u64>,
+    requests: HashMap<OutboundRequestId, (PeerId, Tag)>,
+    headers_in_flight: bool,
+    /// Who served the headers starting at each number (to blame on import failure).
+    header_sources: BTreeMap<u64, PeerId>,
+    /// The block the first queued header must extend: our head when the sync (re)started.
+    anchor: (u64, B256),
+    active: Option<Active>,
+    just_started: bool,
+    imported: u64,
+    latest_ms: u64,
+}
+
+impl SyncManager {
+    /// A manager with the default scheduler configuration.
+    pub fn new() -> Self {
+        Self::with_config(SyncConfig::default())
+    }
+
+    /// A manager with `config`.
+    pub fn with_config(config: SyncConfig) -> Self {
+        Self {
+            protocol: SyncProtocol::new(config.clone()).expect("a validated sync config"),
+            config,
+            peers: HashMap::new(),
+            requests: HashMap::new(),
+            headers_in_flight: false,
+            header_sources: BTreeMap::new(),
+            anchor: (0, B256::ZERO),
+            active: None,
+            just_started: false,
+            imported: 0,
+            latest_ms: 0,
+        }
+    }
+
+    /// Whether range sync is running.
+    pub fn is_syncing(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Whether a network request is one of ours.
+    pub fn owns(&self, id: OutboundRequestId) -> bool {
+        self.requests.contains_key(&id)
+    }
+
+    /// A peer's latest finalized number.
+    pub fn update_peer(&mut self, peer: PeerId, finalized: u64) {
+        self.peers.insert(peer, finalized);
+        if !self.protocol.update_peer(&peer, finalized) {
+            let _ = self.protocol.add_peer(peer, finalized);
+        }
+    }
+
+    /// A peer left: its batches go back to the queue.
+    pub fn remove_peer(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+        self.protocol.remove_peer(peer);
+        let lost: Vec<OutboundRequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, (p, _))| p == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some((_, Tag::Headers(_))) = self.requests.remove(&id) {
+                self.headers_in_flight = false;
+            }
+        }
+    }
+
+    fn best_peer(&self) -> Option<(PeerId, u64)> {
+        self.peers
+            .iter()
+            .max_by_key(|(peer, best)| (**best, std::cmp::Reverse(**peer)))
+            .map(|(p, b)| (*p, *b))
+    }
+
+    /// The requests to send now, given our head.
+    pub fn poll_requests(&mut self, head: &Header, now_ms: u64) -> Vec<Outgoing> {
+        self.latest_ms = now_ms;
+        let best = self.best_peer();
+        if self.active.is_none() {
+            match best {
+                Some((_, target)) if target > head.number + SYNC_DISTANCE => {
+                    tracing::info!(from = head.number, target, "starting range sync");
+                    self.active = Some(Active {
+                        starting: head.number,
+                        started_ms: now_ms,
+                        imported_at_start: self.imported,
+                    });
+                    self.just_started = true;
+                    self.reset(head);
+                }
+                _ => return vec![],
+            }
+        }
+        let mut out = Vec::new();
+        for (peer, id) in self.protocol.check_timeouts(now_ms) {
+            tracing::debug!(%peer, ?id, "sync batch timed out");
+        }
+        // Headers: one request at a time, from the best peer.
+        let next_header = self
+            .protocol
+            .last_queued()
+            .map_or(head.number + 1, |(number, _)| number + 1);
+        let room = self.protocol.queue_capacity();
+        if let Some((peer, target)) = best
+            && !self.headers_in_flight
+            && next_header <= target
+            && room > 0
+        {
+            let count = (target - next_header + 1)
+                .min(u64::from(self.config.max_blocks_per_request))
+                .min(room as u64);
+            out.push(Outgoing {
+                peer,
+                request: SyncRequest::HeadersByRange {
+                    start: next_header,
+                    count,
+                },
+                tag: Tag::Headers(next_header),
+            });
+            self.headers_in_flight = true;
+        }
+        while let Some((peer, batch)) = self.protocol.next_request(now_ms) {
+            out.push(Outgoing {
+                peer,
+                request: SyncRequest::BlocksByRange {
+                    start: batch.start,
+                    count: u64::from(batch.count()),
+                },
+                tag: Tag::Batch(batch.id),
+            });
+        }
+        out
+    }
+
+    /// Records the network id of a request returned by [`Self::poll_requests`].
+    pub fn sent(&mut self, id: OutboundRequestId, outgoing: &Outgoing) {
+        self.requests.insert(id, (outgoing.peer, outgoing.tag));
+    }
+
+    /// An answer to one of our requests; returns the penalties to apply.
+    pub fn on_response(
+        &mut self,
+        peer: PeerId,
+        id: OutboundRequestId,
+        response: SyncResponse,
+        now_ms: u64,
+    ) -> Vec<(PeerId, Misbehaviour)> {
+        let Some((_, tag)) = self.requests.remove(&id) else {
+            return vec![];
+        };
+        let mut penalties = Vec::new();
+        match (tag, response) {
+            (Tag::Headers(start), SyncResponse::Headers(headers)) => {
+                self.headers_in_flight = false;
+                if self.active.is_none() {
+                    return vec![];
+                }
+                if headers.is_empty() {
+                    penalties.push((peer, Misbehaviour::ShortResponse));
+                } else if headers[0].header.number != start {
+                    penalties.push((peer, Misbehaviour::ProtocolViolation));
+                } else if self.protocol.last_queued().is_none()
+                    && (start != self.anchor.0 + 1 || headers[0].header.parent_hash != self.anchor.1)
+                {
+                    // Not our chain (or our head moved on): try again later.
+                    tracing::debug!(%peer, start, "headers do not extend our head");
+                } else {
+                    match self.protocol.queue_headers(&headers) {
+                        Ok(_) => {
+                            self.header_sources.insert(start, peer);
+                        }
+                        Err(error) => {
+                            tracing::debug!(%peer, %error, "headers refused");
+                            penalties.push((peer, Misbehaviour::InvalidData));
+                        }
+                    }
+                }
+            }
+            (Tag::Batch(batch), SyncResponse::Blocks(blocks)) => {
+                if let Err(error) = self.protocol.handle_response(&peer, batch, blocks, now_ms) {
+                    tracing::debug!(%peer, %error, "late or unknown batch answer");
+                }
+            }
+            (Tag::Headers(_), _) => {
+                self.headers_in_flight = false;
+                penalties.push((peer, Misbehaviour::ProtocolViolation));
+            }
+            (Tag::Batch(batch), _) => {
+                let _ = self.protocol.handle_failure(&peer, batch);
+                penalties.push((peer, Misbehaviour::ProtocolViolation));
+            }
+        }
+        penalties.extend(self.penalties());
+        penalties
+    }
+
+    /// One of our requests failed on the network.
+    pub fn on_failure(&mut self, peer: PeerId, id: OutboundRequestId) {
+        match self.requests.remove(&id) {
+            Some((_, Tag::Headers(_))) => self.headers_in_flight = false,
+            Some((_, Tag::Batch(batch))) => {
+                let _ = self.protocol.handle_failure(&peer, batch);
+            }
+            None => {}
+        }
+    }
+
+    /// Scheduler penalties as peer-score penalties.
+    pub fn penalties(&mut self) -> Vec<(PeerId, Misbehaviour)> {
+        let mut out = Vec::new();
+        while let Some(event) = self.protocol.poll_event() {
+            if let SyncEvent::Penalize { peer, reason } = event {
+                tracing::debug!(%peer, %reason, "sync peer penalised");
+                let why = match reason {
+                    PenaltyReason::Timeout { .. } => Misbehaviour::Timeout,
+                    PenaltyReason::Empty { .. } | PenaltyReason::Short { .. } => {
+                        Misbehaviour::ShortResponse
+                    }
+                    PenaltyReason::TooMany { .. } => Misbehaviour::ProtocolViolation,
+                    PenaltyReason::WrongBlock { .. } | PenaltyReason::BadBody { .. } => {
+                        Misbehaviour::InvalidData
+                    }
+                };
+                out.push((peer, why));
+            }
+        }
+        out
+    }
+
+    /// Downloaded blocks that continue our chain, in order.
+    pub fn take_ready(&mut self) -> Vec<Block> {
+        let ready = self.protocol.take_ready();
+        self.imported += ready.len() as u64;
+        ready
+    }
+
+    /// A downloaded block failed import (bad seal or QC, or bad execution):
+    /// blame whoever served its header and start over from our head.
+    pub fn on_import_error(&mut self, number: u64, head: &Header) -> Option<PeerId> {
+        let culprit = self
+            .header_sources
+            .range(..=number)
+            .next_back()
+            .map(|(_, peer)| *peer);
+        if let Some(peer) = culprit {
+            self.peers.remove(&peer);
+            self.protocol.remove_peer(&peer);
+        }
+        self.reset(head);
+        culprit
+    }
+
+    fn reset(&mut self, head: &Header) {
+        self.anchor = (head.number, head.hash());
+        self.protocol = SyncProtocol::new(self.config.clone()).expect("a validated sync config");
+        for (peer, best) in &self.peers {
+            let _ = self.protocol.add_peer(*peer, *best);
+        }
+        self.requests.clear();
+        self.headers_in_flight = false;
+        self.header_sources.clear();
+    }
+
+    /// Where the sync stands after the last update.
+    pub fn outcome(&mut self, head: &Header) -> SyncOutcome {
+        if std::mem::take(&mut self.just_started) {
+            return SyncOutcome::Started;
+        }
+        let Some(_) = self.active else {
+            return SyncOutcome::Idle;
+        };
+        let target = self.best_peer().map_or(0, |(_, best)| best);
+        if head.number + CAUGHT_UP_DISTANCE >= target {
+            self.active = None;
+            self.reset(head);
+            return SyncOutcome::CaughtUp;
+        }
+        SyncOutcome::Syncing
+    }
+
+    /// Progress as `eth_syncing` reports it.
+    pub fn progress(&self, current: u64) -> SyncProgress {
+        SyncProgress {
+            starting: self.active.map_or(current, |a| a.starting),
+            current,
+            highest: self.best_peer().map_or(current, |(_, best)| best.max(current)),
+        }
+    }
+
+    /// Blocks imported per second since the sync began.
+    pub fn blocks_per_second(&self, now_ms: u64) -> f64 {
+        let Some(active) = self.active else {
+            return 0.0;
+        };
+        let secs = now_ms.saturating_sub(active.started_ms) as f64 / 1000.0;
+        let blocks = self.imported - active.imported_at_start;
+        if secs > 0.0 { blocks as f64 / secs } else { 0.0 }
+    }
+
+    /// Scheduler counters.
+    pub fn stats(&self) -> super::protocol::SyncStats {
+        self.protocol.get_stats()
+    }
+
+    /// The hash our sync continues from (for tests).
+    pub fn last_queued(&self) -> Option<(u64, B256)> {
+        self.protocol.last_queued()
+    }
+}
+
+impl Default for SyncManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
