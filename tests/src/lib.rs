@@ -3,6 +3,7 @@
 //! certified headers built with the real signing code.
 
 pub mod bench;
+pub mod light_chain;
 pub mod producer;
 pub mod rpc_support;
 pub mod sim;
