@@ -945,7 +945,7 @@ async fn pending_transactions_and_syncing_subscriptions() {
         .broadcaster
         .send(BroadcastEvent::NewTransaction(tx.clone()))
         .unwrap();
-    let mut got = vec![ws.notification().await, ws.notification().await];
+    let mut got = [ws.notification().await, ws.notification().await];
     got.sort_by_key(|(id, _)| (id != &hashes) as u8);
     assert_eq!(got[0], (hashes.clone(), json!(format!("{}", tx.hash()))));
     assert_eq!(got[1].0, full);

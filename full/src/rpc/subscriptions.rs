@@ -35,6 +35,9 @@ pub struct BlockEvent {
 }
 
 /// What the node tells its RPC clients (the seed's `BroadcastEvent`).
+// A transaction inline keeps the seed's `NewTransaction(tx)`; events are
+// transient and the queue that holds them is bounded.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum BroadcastEvent {
     /// A block became the head: one `newHeads` notification, and its logs on
@@ -369,16 +372,16 @@ impl ConnectionSubscriptions {
             RpcError::MethodNotFound(format!("no \"{name}\" subscription in eth namespace"))
         })?;
         if list.len() > 2 {
-            return Err(RpcError::InvalidParams(format!(
-                "too many arguments, want at most 2"
-            )));
+            return Err(RpcError::InvalidParams(
+                "too many arguments, want at most 2".into(),
+            ));
         }
         let option = list.get(1).filter(|v| !v.is_null());
         let sub = match kind {
             SubscriptionType::NewHeads | SubscriptionType::Syncing if option.is_some() => {
-                return Err(RpcError::InvalidParams(format!(
-                    "too many arguments, want at most 1"
-                )));
+                return Err(RpcError::InvalidParams(
+                    "too many arguments, want at most 1".into(),
+                ));
             }
             SubscriptionType::NewHeads => Subscription::NewHeads,
             SubscriptionType::Syncing => Subscription::Syncing,
