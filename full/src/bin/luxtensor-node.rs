@@ -77,6 +77,10 @@ struct RunArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     test_byzantine: Option<String>,
+    /// Test only: serve sync answers over a simulated link `LATENCY_MS,BYTES_PER_S`.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    test_throttle: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +195,7 @@ fn merge(cli: RunArgs) -> Result<RunArgs, String> {
         no_rpc: cli.no_rpc || file.no_rpc,
         max_peers: cli.max_peers.or(file.max_peers),
         test_byzantine: cli.test_byzantine,
+        test_throttle: cli.test_throttle,
     })
 }
 
@@ -224,6 +229,12 @@ fn run(args: RunArgs) -> Result<(), String> {
         Some("empty") => Some(ByzantineServing::Empty),
         Some(other) => return Err(format!("--test-byzantine {other}: unknown mode")),
     };
+    let serve_throttle = args
+        .test_throttle
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| format!("--test-throttle: {e}"))?;
     let config = NodeConfig {
         data_dir,
         spec,
@@ -234,6 +245,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         rpc,
         rpc_limits: RpcLimits::default(),
         byzantine,
+        serve_throttle,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

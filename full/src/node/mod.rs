@@ -12,6 +12,7 @@ pub mod devnet;
 mod serve;
 
 pub use handle::{LiveNode, NodeCommand};
+pub use serve::Throttle;
 
 use crate::consensus::{Action, ConsensusConfig, Engine, Message, Root};
 use crate::execution::epoch_position;
@@ -27,6 +28,7 @@ use crate::sync::manager::{SyncManager, SyncOutcome};
 use luxtensor_light::Header;
 use crate::{ImportError, Importer, StoreError};
 use alloy_primitives::B256;
+use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use luxtensor_light::{Block, BlsSecretKey, ChainSpec};
 use std::path::PathBuf;
@@ -55,6 +57,8 @@ pub struct NodeConfig {
     pub rpc_limits: RpcLimits,
     /// Test-only misbehaviour when serving sync requests.
     pub byzantine: Option<ByzantineServing>,
+    /// Test-only slow link for the answers this node serves (benchmarks).
+    pub serve_throttle: Option<Throttle>,
 }
 
 /// How a deliberately broken node answers sync requests (for tests of peer
@@ -153,6 +157,7 @@ pub struct Node {
     statuses: std::collections::HashMap<PeerId, PeerStatus>,
     genesis_hash: B256,
     last_progress_log_ms: u64,
+    delayed: serve::DelayedReplies<(ResponseChannel<Vec<u8>>, SyncResponse)>,
 }
 
 impl std::fmt::Debug for Node {
@@ -217,6 +222,7 @@ impl Node {
             statuses: Default::default(),
             genesis_hash,
             last_progress_log_ms: 0,
+            delayed: Default::default(),
         })
     }
 
@@ -266,7 +272,19 @@ impl Node {
         loop {
             let wakeup = self.engine.next_wakeup_ms().saturating_sub(now_ms());
             let sleep = tokio::time::sleep(Duration::from_millis(wakeup.min(60_000)));
+            let reply_due = self.delayed.next_due_ms().map(|due| due.saturating_sub(now_ms()));
+            let replies = async {
+                match reply_due {
+                    Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = replies => {
+                    for (channel, response) in self.delayed.pop_due(now_ms()) {
+                        self.network.respond(channel, &response);
+                    }
+                }
                 _ = &mut shutdown => break,
                 event = self.network.next_event() => self.on_network_event(event)?,
                 _ = sleep => self.engine.handle_tick(now_ms()),
@@ -320,14 +338,18 @@ impl Node {
         match event {
             NetworkEvent::Gossip { from, id, message } => self.on_gossip(from, id, message),
             NetworkEvent::Request {
-                peer,
-                request,
-                channel,
+                request, channel, ..
             } => {
-                if let Some(response) = self.answer(&request) {
-                    self.network.respond(channel, &response);
+                let Some(response) = self.answer(&request) else {
+                    return Ok(());
+                };
+                match self.config.serve_throttle {
+                    Some(throttle) => {
+                        let bytes = response.encode().len();
+                        self.delayed.push(throttle, now_ms(), bytes, (channel, response));
+                    }
+                    None => self.network.respond(channel, &response),
                 }
-                let _ = peer;
             }
             NetworkEvent::Response { peer, id, response } => {
                 if let SyncResponse::Status(status) = &response {

@@ -18,7 +18,7 @@ use crate::rpc::SyncProgress;
 use alloy_primitives::B256;
 use libp2p::PeerId;
 use libp2p::request_response::OutboundRequestId;
-use luxtensor_light::{Block, Header};
+use luxtensor_light::{Block, Header, SignedHeader};
 use std::collections::{BTreeMap, HashMap};
 
 /// How far behind the best peer (in finalized blocks) a node must be to
@@ -77,6 +77,9 @@ pub struct SyncManager {
     headers_in_flight: bool,
     /// Who served the headers starting at each number (to blame on import failure).
     header_sources: BTreeMap<u64, PeerId>,
+    /// The queued headers, as their header peer served them: a body peer
+    /// cannot swap a seal (the seal is not part of the block hash).
+    headers: BTreeMap<u64, SignedHeader>,
     /// The block the first queued header must extend: our head when the sync (re)started.
     anchor: (u64, B256),
     active: Option<Active>,
@@ -100,6 +103,7 @@ impl SyncManager {
             requests: HashMap::new(),
             headers_in_flight: false,
             header_sources: BTreeMap::new(),
+            headers: BTreeMap::new(),
             anchor: (0, B256::ZERO),
             active: None,
             just_started: false,
@@ -246,6 +250,9 @@ impl SyncManager {
                     match self.protocol.queue_headers(&headers) {
                         Ok(_) => {
                             self.header_sources.insert(start, peer);
+                            for header in headers {
+                                self.headers.insert(header.header.number, header);
+                            }
                         }
                         Err(error) => {
                             tracing::debug!(%peer, %error, "headers refused");
@@ -307,7 +314,18 @@ impl SyncManager {
 
     /// Downloaded blocks that continue our chain, in order.
     pub fn take_ready(&mut self) -> Vec<Block> {
-        let ready = self.protocol.take_ready();
+        let mut ready = self.protocol.take_ready();
+        for block in &mut ready {
+            if let Some(header) = self.headers.remove(&block.header.number) {
+                block.header = header;
+            }
+        }
+        if let Some(last) = ready.last() {
+            let next = last.header.number + 1;
+            if let Some(&from) = self.header_sources.range(..=next).next_back().map(|(k, _)| k) {
+                self.header_sources = self.header_sources.split_off(&from);
+            }
+        }
         self.imported += ready.len() as u64;
         ready
     }
@@ -337,6 +355,7 @@ impl SyncManager {
         self.requests.clear();
         self.headers_in_flight = false;
         self.header_sources.clear();
+        self.headers.clear();
     }
 
     /// Where the sync stands after the last update.
