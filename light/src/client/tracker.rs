@@ -994,3 +994,146 @@ fn is_two_chain(parent: &Header, child: &Header) -> bool {
         && child.slot == parent.slot.saturating_add(1)
         && child.epoch == parent.epoch
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain_spec::devnet_validator_key;
+    use crate::qc::{QcBuilder, Vote};
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    const UP: UpstreamId = UpstreamId(1);
+
+    /// 4 equal devnet validators, one certified header per slot 1..=23 (3 epochs, same set).
+    fn chain() -> &'static (ChainSpec, Vec<CertifiedHeader>) {
+        static CHAIN: OnceLock<(ChainSpec, Vec<CertifiedHeader>)> = OnceLock::new();
+        CHAIN.get_or_init(|| {
+            let spec = ChainSpec::devnet(4);
+            let set = spec.genesis_set().unwrap();
+            let mut parent = spec.genesis_header();
+            let mut parent_qc = QuorumCert::genesis();
+            let mut headers = Vec::new();
+            for slot in 1..24 {
+                let header = Header {
+                    parent_hash: parent.hash(),
+                    number: parent.number + 1,
+                    slot,
+                    epoch: spec.nominal_epoch(slot),
+                    timestamp: spec.slot_timestamp(slot),
+                    proposer_index: set.proposer_index(slot) as u32,
+                    parent_qc,
+                    ..parent.clone()
+                };
+                let sealed = header.sign(
+                    &devnet_validator_key(set.proposer_index(slot) as u32),
+                    spec.chain_id,
+                );
+                let hash = sealed.hash();
+                let mut builder = QcBuilder::new(slot, hash, &set);
+                for i in 0..3 {
+                    let vote = Vote::sign(&devnet_validator_key(i), spec.chain_id, slot, hash, i);
+                    builder.add_verified_vote(&vote, &set).unwrap();
+                }
+                let qc = builder.certificate(&set).unwrap();
+                parent = sealed.header.clone();
+                parent_qc = qc.clone();
+                headers.push(CertifiedHeader { header: sealed, qc });
+            }
+            (spec, headers)
+        })
+    }
+
+    fn client(config: Config) -> LightClient {
+        let (spec, _) = chain();
+        let state = TrustedState::from_header(
+            spec.chain_id,
+            spec.genesis_header(),
+            spec.genesis_set().unwrap(),
+        );
+        let mut client = LightClient::new(spec.clone(), state, config).unwrap();
+        client.add_upstream(UP).unwrap();
+        client
+    }
+
+    #[test]
+    fn heads_in_order_finalize_and_memory_stays_bounded() {
+        let (_, headers) = chain();
+        let mut c = client(Config {
+            max_recent_heads: 4,
+            max_pending_heads: 2,
+            ..Config::default()
+        });
+        for h in &headers[..7] {
+            assert_eq!(
+                c.handle_head(UP, h.clone()).unwrap(),
+                Ok(HeadVerdict::NewHead)
+            );
+            assert!(c.recent_heads() <= 4);
+        }
+        assert_eq!(c.finalized().unwrap().slot, 6);
+        // Epoch 1 and 2 heads wait for updates, at most two of them.
+        for h in &headers[7..] {
+            let verdict = c.handle_head(UP, h.clone()).unwrap();
+            assert_eq!(verdict, Ok(HeadVerdict::Buffered), "slot {}", h.header.slot);
+        }
+        assert_eq!(c.pending_heads(), 2);
+        let needs: Vec<_> = std::iter::from_fn(|| c.poll_event())
+            .filter(|e| matches!(e, Event::NeedUpdates { .. }))
+            .collect();
+        assert_eq!(
+            needs,
+            vec![Event::NeedUpdates { from_epoch: 0 }],
+            "asked once"
+        );
+    }
+
+    #[test]
+    fn unknown_upstreams_and_a_wrong_chain_are_refused() {
+        let (spec, headers) = chain();
+        let mut c = client(Config::default());
+        assert!(matches!(
+            c.handle_head(UpstreamId(9), headers[0].clone()),
+            Err(ClientError::Upstream(UpstreamError::Unknown(_)))
+        ));
+        let mut state = c.trusted_state().clone();
+        state.chain_id += 1;
+        assert!(matches!(
+            LightClient::new(spec.clone(), state, Config::default()),
+            Err(ClientError::WrongChain { .. })
+        ));
+        assert_eq!(
+            c.resolve_equivocation(Resolution::Keep(B256::ZERO)),
+            Err(ClientError::NotHalted)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Heads of one honest chain in any order, with repeats: never a
+        /// rejection or alarm, the head and finality only move forward,
+        /// memory stays bounded, and the state stays consistent.
+        #[test]
+        fn any_order_of_honest_heads_is_safe(order in proptest::collection::vec(0usize..7, 1..40)) {
+            let (_, headers) = chain();
+            let mut c = client(Config { max_recent_heads: 5, ..Config::default() });
+            let (mut head_slot, mut final_slot) = (0, 0);
+            for i in order {
+                let verdict = c.handle_head(UP, headers[i].clone()).unwrap();
+                prop_assert!(verdict.is_ok(), "{verdict:?}");
+                prop_assert_ne!(verdict, Ok(HeadVerdict::Equivocation));
+                let h = c.head().map_or(0, |h| h.header.slot);
+                let f = c.finalized().map_or(0, |f| f.slot);
+                prop_assert!(h >= head_slot && f >= final_slot);
+                prop_assert!(f <= h.max(f));
+                (head_slot, final_slot) = (h, f);
+                prop_assert!(c.recent_heads() <= 5);
+                prop_assert!(c.trusted_state().validate().is_ok());
+            }
+            while let Some(event) = c.poll_event() {
+                let rejected = matches!(event, Event::Rejected { .. });
+                prop_assert!(!rejected, "{event:?}");
+            }
+        }
+    }
+}
