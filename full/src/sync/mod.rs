@@ -22,8 +22,12 @@
 //!   order; only blocks within `max_buffered_blocks` of the next block to
 //!   release are ever requested, so a full buffer stops new batches;
 //! - each peer's timeout follows its measured latency and throughput:
-//!   `clamp(timeout_factor × expected time, min, max)`; a timed-out range is
-//!   retried, and after `max_retries` timeouts on one peer it goes to another;
+//!   `clamp(timeout_factor × expected time, min, max)`, where the expected
+//!   time of a batch is `rtt + blocks × per_block` times its place in the
+//!   peer's queue (a peer's bandwidth serves its batches one after another,
+//!   so service times are measured between consecutive answers); a timed-out
+//!   range is retried, and after `max_retries` timeouts on one peer it goes
+//!   to another;
 //! - the oldest range (the one holding back import) is hedged to a second
 //!   peer when it is late; the first answer wins, the other is cancelled;
 //! - a peer that serves a block that does not match its header, or fewer

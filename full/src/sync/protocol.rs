@@ -77,7 +77,10 @@ impl SyncConfig {
     /// Checks that every limit allows progress.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let nonzero = [
-            ("max_blocks_per_request", u64::from(self.max_blocks_per_request)),
+            (
+                "max_blocks_per_request",
+                u64::from(self.max_blocks_per_request),
+            ),
             ("max_parallel_downloads", self.max_parallel_downloads as u64),
             ("request_timeout_ms", self.request_timeout_ms),
             ("timeout_factor", self.timeout_factor),
@@ -239,6 +242,9 @@ pub struct BatchRequest {
     /// Expected hashes of blocks `start, start + 1, …` (at most
     /// `max_blocks_per_request`); the answer must be these blocks, in order.
     pub hashes: Vec<B256>,
+    /// When the request times out (same clock as `now_ms`), from the peer's
+    /// measured speed: the driver may give its transport the same limit.
+    pub deadline_ms: u64,
 }
 
 impl BatchRequest {
@@ -381,6 +387,8 @@ struct Request<P> {
     start: u64,
     count: u32,
     sent_ms: u64,
+    /// The peer's expected answer time at dispatch (queue position included).
+    expected_ms: Option<u64>,
     deadline_ms: u64,
     /// The other request for the same blocks, when hedged.
     twin: Option<RequestId>,
@@ -594,7 +602,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
     /// The timeout a batch of `blocks` blocks would get on `peer` now (from
     /// its measured speed), or `None` for an unknown peer.
     pub fn peer_timeout_ms(&self, peer: &P, blocks: u32) -> Option<u64> {
-        self.peers.get(peer).map(|state| self.timeout_for(state, blocks))
+        self.peers
+            .get(peer)
+            .map(|state| self.timeout_for(state, blocks))
     }
 
     /// Batches in flight to `peer` (0 for an unknown peer).
@@ -794,9 +804,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
         }
         if let Some(state) = self.peers.get_mut(peer) {
             state.in_flight -= 1;
-            state
-                .speed
-                .record(now_ms.saturating_sub(request.sent_ms), verified);
+            state.record_answer(request.sent_ms, now_ms, verified);
             if verified < requested {
                 state.exclude(request.start + u64::from(verified)..request.range().end);
             }
@@ -862,9 +870,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             let request = self.requests.remove(&id).expect("listed above");
             if let Some(state) = self.peers.get_mut(&request.peer) {
                 state.in_flight -= 1;
-                state
-                    .speed
-                    .record(request.deadline_ms - request.sent_ms, request.count);
+                // Pessimistic: as if the answer came at the deadline.
+                let service = request.deadline_ms - request.sent_ms.max(state.last_answer_ms);
+                state.speed.record(service, request.count);
             }
             self.unlink_twin(&request);
             self.release_range(&request, Some(&request.peer));
@@ -884,10 +892,15 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
     /// When the driver should next call [`Self::check_timeouts`] and
     /// [`Self::next_request`] if nothing else happens: the earliest request
     /// deadline or the next moment the oldest batch may be hedged (only
-    /// moments after `now_ms` count for hedging). `None` with nothing in flight.
+    /// moments after `now_ms`, and only with a second peer, count for
+    /// hedging). `None` with nothing in flight.
     pub fn next_wakeup_ms(&self, now_ms: u64) -> Option<u64> {
         let deadline = self.requests.values().map(|r| r.deadline_ms).min();
-        let hedge = self.oldest_request().and_then(|(_, request)| {
+        // Hedging needs a second peer.
+        let hedge = (self.peers.len() > 1)
+            .then(|| self.oldest_request())
+            .flatten();
+        let hedge = hedge.and_then(|(_, request)| {
             let (early, late) = self.hedge_times(request);
             [early, late].into_iter().filter(|t| *t > now_ms).min()
         });
@@ -974,16 +987,14 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
         }
     }
 
-    /// The timeout of a batch of `blocks` on a peer in `state`.
+    /// The timeout of a new batch of `blocks` on a peer in `state`.
     fn timeout_for(&self, state: &PeerState, blocks: u32) -> u64 {
-        match state.speed.expected_ms(blocks) {
+        match state.expected_ms(blocks) {
             None => self.config.request_timeout_ms,
-            Some(expected) => expected
-                .saturating_mul(self.config.timeout_factor)
-                .clamp(
-                    self.config.min_request_timeout_ms,
-                    self.config.request_timeout_ms,
-                ),
+            Some(expected) => expected.saturating_mul(self.config.timeout_factor).clamp(
+                self.config.min_request_timeout_ms,
+                self.config.request_timeout_ms,
+            ),
         }
     }
 
@@ -1034,9 +1045,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
     ) -> (P, BatchRequest) {
         let id = RequestId(self.next_id);
         self.next_id += 1;
-        let state = self.peers.get_mut(&peer).expect("dispatch to a known peer");
-        state.in_flight += 1;
-        let timeout = self.timeout_for(&self.peers[&peer], count);
+        let state = &self.peers[&peer];
+        let expected_ms = state.expected_ms(count);
+        let timeout = self.timeout_for(state, count);
+        self.peers.get_mut(&peer).expect("known peer").in_flight += 1;
         let mut hashes = Vec::with_capacity(count as usize);
         for number in start..start + u64::from(count) {
             let entry = &mut self.entries[(number - self.base) as usize];
@@ -1050,6 +1062,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             };
             hashes.push(entry.hash);
         }
+        let deadline_ms = now_ms.saturating_add(timeout);
         self.requests.insert(
             id,
             Request {
@@ -1057,11 +1070,18 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
                 start,
                 count,
                 sent_ms: now_ms,
-                deadline_ms: now_ms.saturating_add(timeout),
+                expected_ms,
+                deadline_ms,
                 twin,
             },
         );
-        (peer, BatchRequest { id, start, hashes })
+        let request = BatchRequest {
+            id,
+            start,
+            hashes,
+            deadline_ms,
+        };
+        (peer, request)
     }
 
     /// A resolved request no longer covers its blocks: those not downloaded
@@ -1120,11 +1140,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
     /// when it is late and hedged to any peer (`late`).
     fn hedge_times(&self, request: &Request<P>) -> (u64, u64) {
         let early = request.sent_ms.saturating_add(self.config.hedge_delay_ms);
-        let patience = match self
-            .peers
-            .get(&request.peer)
-            .and_then(|s| s.speed.expected_ms(request.count))
-        {
+        let patience = match request.expected_ms {
             Some(expected) => expected.saturating_mul(self.config.hedge_factor),
             None => (request.deadline_ms - request.sent_ms) / 2,
         };
@@ -1151,16 +1167,12 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
                     && state.in_flight < self.config.max_parallel_downloads
                     && self.eligible(peer, state, start, entry)
             })
-            .map(|(peer, state)| (peer, state.speed.expected_ms(request.count)))
+            .map(|(peer, state)| (peer, state.expected_ms(request.count)))
             .min_by(|(a, ea), (b, eb)| {
                 let key = |e: &Option<u64>| e.unwrap_or(u64::MAX);
                 key(ea).cmp(&key(eb)).then_with(|| a.cmp(b))
             })?;
-        let holder_expected = self
-            .peers
-            .get(&request.peer)
-            .and_then(|s| s.speed.expected_ms(request.count));
-        let sooner = match (cand_expected, holder_expected) {
+        let sooner = match (cand_expected, request.expected_ms) {
             (Some(cand), Some(holder)) => {
                 now_ms.saturating_add(cand) < request.sent_ms.saturating_add(holder)
             }
