@@ -135,7 +135,7 @@ pub enum SyncError {
         got: u64,
     },
     /// A queued header's parent hash is not the hash of the header before it.
-    #[error("header {number} has parent hash {got}, but block {} is {expected}", number - 1)]
+    #[error("header {number} has parent hash {got}, but block {} is {expected}", number.saturating_sub(1))]
     ParentMismatch {
         /// The header's number.
         number: u64,
@@ -491,8 +491,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
         let mut prev = self.tip;
         for header in headers {
             if let Some((number, hash)) = prev {
-                let expected = number.saturating_add(1);
-                if header.number != expected {
+                let expected = number.checked_add(1);
+                if expected != Some(header.number) {
+                    let expected = expected.unwrap_or(u64::MAX);
                     return Err(SyncError::NotContiguous {
                         expected,
                         got: header.number,
@@ -785,7 +786,16 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             verified += 1;
         }
         let requested = request.count;
-        if fault.is_none() {
+        // A peer that has since announced a lower best block is not blamed
+        // for missing blocks above it.
+        let first_missing = request.start + u64::from(verified);
+        let should_have = self
+            .peers
+            .get(peer)
+            .is_some_and(|state| state.best >= first_missing);
+        if fault.is_none() && verified < requested && !should_have {
+            // Nothing to blame: the rest is simply queued again.
+        } else if fault.is_none() {
             fault = if served == 0 {
                 Some(PenaltyReason::Empty { requested })
             } else if verified < requested {
@@ -805,8 +815,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
         if let Some(state) = self.peers.get_mut(peer) {
             state.in_flight -= 1;
             state.record_answer(request.sent_ms, now_ms, verified);
-            if verified < requested {
-                state.exclude(request.start + u64::from(verified)..request.range().end);
+            if verified < requested && should_have {
+                state.exclude(first_missing..request.range().end);
             }
         }
         self.release_range(&request, None);

@@ -346,13 +346,22 @@ fn a_short_answer_keeps_the_good_prefix_and_requeues_the_rest() {
     let (p, rest) = sync.next_request(10).unwrap();
     assert_eq!((p, rest.start, rest.count()), (2, 50, 78));
     assert_eq!(sync.next_request(10), None, "peer 1 is not asked again");
+    // A peer that announced a lower best block meanwhile is not blamed.
+    assert!(sync.update_peer(&2, 60));
+    let served = answer(&blocks, &rest)[..11].to_vec();
+    assert_eq!(sync.handle_response(&2, rest.id, served, 15), Ok(11));
+    assert!(events(&mut sync).is_empty());
+    assert_eq!(sync.take_ready().len(), 11);
+    sync.add_peer(3, 127).unwrap();
+    let (p, rest) = sync.next_request(16).unwrap();
+    assert_eq!((p, rest.start, rest.count()), (3, 61, 67));
     // An empty answer is penalised too.
-    assert_eq!(sync.handle_response(&2, rest.id, Vec::new(), 20), Ok(0));
+    assert_eq!(sync.handle_response(&3, rest.id, Vec::new(), 20), Ok(0));
     assert_eq!(
         events(&mut sync),
         vec![SyncEvent::Penalize {
-            peer: 2,
-            reason: PenaltyReason::Empty { requested: 78 }
+            peer: 3,
+            reason: PenaltyReason::Empty { requested: 67 }
         }]
     );
 }
