@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod light_chain;
 pub mod producer;
+pub mod rpc_bench;
 pub mod rpc_support;
 pub mod sim;
 pub mod wallet;

@@ -6,10 +6,10 @@ use luxtensor_tests::bench::{interleaved_median_us, median_us, report};
 use std::hint::black_box;
 use std::process::ExitCode;
 
-const SCENARIOS: &[(&str, &str)] = &[(
-    "qc-verify",
-    "QC verification: single, batched, and its parts",
-)];
+const SCENARIOS: &[(&str, &str)] = &[
+    ("qc-verify", "QC verification: single, batched, and its parts"),
+    ("rpc", "JSON-RPC: HTTP request rates, newHeads fan-out, memory"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         Some("qc-verify") => qc_verify(quick),
         Some("import") => import(quick),
         Some("consensus") => consensus(quick),
+        Some("rpc") => luxtensor_tests::rpc_bench::run(quick),
+        Some("rpc-clients") => luxtensor_tests::rpc_bench::clients(&args[1..]),
         other => {
             if let Some(name) = other {
                 eprintln!("unknown scenario `{name}`");

@@ -1,0 +1,256 @@
+//! `luxtensor-bench rpc`: HTTP request rates and `newHeads` fan-out to many
+//! WebSocket subscribers, against the real server over loopback.
+//!
+//! The subscribers run in a child process (`luxtensor-bench rpc-clients`),
+//! so that 10,000 connections fit the file-descriptor limit of each process
+//! and the server's memory is measured alone. Latency is from
+//! `Broadcaster::send` (right after the block's import) to the moment a
+//! subscriber has parsed its notification, on the same wall clock; client
+//! and server share the machine's two cores, so the figures include the
+//! clients' own work.
+
+use crate::bench::report;
+use crate::rpc_support::{HttpClient, RpcChain};
+use futures::StreamExt;
+use luxtensor_full::rpc::RpcLimits;
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
+
+const BENCH: &str = "rpc";
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos()
+}
+
+/// Resident memory of this process, in MiB.
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Runs the scenario and prints its figures.
+pub fn run(quick: bool) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let limits = RpcLimits {
+            max_connections: 20_000,
+            ..Default::default()
+        };
+        let mut chain = RpcChain::start(3, limits).await;
+        // A block of 100 transfers for eth_getBlockByNumber with full transactions.
+        let first = chain.transfer_transaction();
+        let txs: Vec<_> = (0..100)
+            .map(|i| {
+                let tx = crate::wallet::transfer(
+                    &crate::wallet::dev_signer(0),
+                    chain.spec.chain_id,
+                    first.nonce() + i,
+                    alloy_primitives::Address::repeat_byte(7),
+                    alloy_primitives::U256::from(1),
+                );
+                tx
+            })
+            .collect();
+        let big = chain.import(txs);
+        assert_eq!(big.transactions.len(), 100, "the block holds all transfers");
+        let seconds = if quick { 1.0 } else { 4.0 };
+        let addr = chain.handle.http_addr;
+        let rps = http_rps(
+            addr,
+            json!({"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}),
+            seconds,
+        )
+        .await;
+        report(BENCH, "block_number_rps", rps, "req/s");
+        let number = format!("{:#x}", big.header.number);
+        let rps = http_rps(
+            addr,
+            json!({"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":[number, true]}),
+            seconds,
+        )
+        .await;
+        report(BENCH, "get_block_rps", rps, "req/s");
+
+        let sizes: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };
+        for &n in sizes {
+            fanout(&mut chain, n, if quick { 3 } else { 8 }).await;
+        }
+    });
+}
+
+/// Requests per second over 32 keep-alive connections.
+async fn http_rps(addr: SocketAddr, request: serde_json::Value, seconds: f64) -> f64 {
+    let body = request.to_string().into_bytes();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = HttpClient::connect(addr).await;
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                let response = client.post(&body).await;
+                assert_eq!(response.status, 200);
+                done += 1;
+            }
+            done
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("client task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Fan-out of `events` new heads to `n` subscribers in a child process.
+async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
+    let blocks: Vec<_> = (0..events).map(|_| chain.import(vec![])).collect();
+    let ws = chain.handle.ws_addr.expect("ws port");
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "rpc-clients",
+            &ws.to_string(),
+            &n.to_string(),
+            &events.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the client process");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("child output");
+    assert_eq!(line.trim(), "ready", "the clients subscribed");
+    if n == 10_000 {
+        report(BENCH, "rss_mb_10000_subscribers", rss_mb(), "MiB");
+    }
+    let gap = Duration::from_millis(if n >= 10_000 { 1_000 } else { 300 });
+    let mut sent = Vec::new();
+    for block in &blocks {
+        let event = chain.event(block);
+        sent.push((block.hash(), now_ns()));
+        chain.handle.broadcaster.send(event).expect("broadcast");
+        tokio::time::sleep(gap).await;
+    }
+    let mut stdin = child.stdin.take().expect("piped");
+    for (hash, t) in &sent {
+        writeln!(stdin, "{hash} {t}").expect("child input");
+    }
+    drop(stdin);
+    line.clear();
+    stdout.read_line(&mut line).expect("child result");
+    let _ = child.wait();
+    let mut parts = line
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+    let (p50, p99, got) = (
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(0.0),
+    );
+    let expected = (n * events) as f64;
+    assert_eq!(got, expected, "every subscriber received every head");
+    report(BENCH, &format!("newheads_fanout_p50_ms_{n}"), p50, "ms");
+    report(BENCH, &format!("newheads_fanout_p99_ms_{n}"), p99, "ms");
+}
+
+/// The child process: `n` subscribers that each wait for `events` heads,
+/// then read the send times from stdin and print `p50_ms p99_ms deliveries`.
+pub fn clients(args: &[String]) {
+    let ws: SocketAddr = args[0].parse().expect("address");
+    let n: usize = args[1].parse().expect("count");
+    let events: usize = args[2].parse().expect("events");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let received = runtime.block_on(async move {
+        let url = format!("ws://{ws}/");
+        let mut streams = Vec::with_capacity(n);
+        let connects = futures::stream::iter(0..n)
+            .map(|_| {
+                let url = url.clone();
+                async move {
+                    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                        .read_buffer_size(16 * 1024);
+                    let (mut ws, _) =
+                        tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+                            .await
+                            .expect("connect");
+                    use futures::SinkExt;
+                    let request = r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#;
+                    ws.send(Message::Text(request.into())).await.expect("send");
+                    let reply = ws.next().await.expect("reply").expect("reply");
+                    assert!(reply.to_text().unwrap_or_default().contains("\"result\""));
+                    ws
+                }
+            })
+            .buffer_unordered(128);
+        futures::pin_mut!(connects);
+        while let Some(ws) = connects.next().await {
+            streams.push(ws);
+        }
+        println!("ready");
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|mut ws| {
+                tokio::spawn(async move {
+                    let mut got = Vec::with_capacity(events);
+                    while got.len() < events {
+                        let message = tokio::time::timeout(Duration::from_secs(60), ws.next()).await;
+                        let Ok(Some(Ok(Message::Text(text)))) = message else { break };
+                        let t = now_ns();
+                        let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                        let hash = value["params"]["result"]["hash"].as_str().unwrap_or_default().to_string();
+                        got.push((hash, t));
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n * events);
+        for t in tasks {
+            all.extend(t.await.expect("client"));
+        }
+        all
+    });
+    let sent: std::collections::HashMap<String, u128> = std::io::stdin()
+        .lock()
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| {
+            let (h, t) = l.split_once(' ')?;
+            Some((h.to_string(), t.parse().ok()?))
+        })
+        .collect();
+    let mut latencies: Vec<f64> = received
+        .iter()
+        .filter_map(|(h, t)| sent.get(h).map(|s| t.saturating_sub(*s) as f64 / 1e6))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!("{} {} {}", pct(0.5), pct(0.99), latencies.len());
+}
