@@ -205,6 +205,13 @@ impl Network {
         self.connected.iter()
     }
 
+    /// The swarm itself, for tests that play a misbehaving peer (sending
+    /// bytes no honest node would).
+    #[doc(hidden)]
+    pub fn swarm_mut(&mut self) -> &mut Swarm<Behaviour> {
+        &mut self.swarm
+    }
+
     /// Number of connected peers.
     pub fn peer_count(&self) -> usize {
         self.connected.len()
@@ -304,9 +311,10 @@ impl Network {
                 tracing::info!(%address, peer_id = %self.local_peer_id(), "p2p listening");
                 None
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                self.connected.insert(peer_id).then_some(NetworkEvent::PeerConnected(peer_id))
-            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => self
+                .connected
+                .insert(peer_id)
+                .then_some(NetworkEvent::PeerConnected(peer_id)),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
@@ -381,10 +389,11 @@ impl Network {
             },
             Event::Message {
                 peer,
-                message: Message::Response {
-                    request_id,
-                    response,
-                },
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             } => match SyncResponse::decode(&response) {
                 Ok(response) => Some(NetworkEvent::Response {
@@ -412,9 +421,11 @@ impl Network {
                     request_response::OutboundFailure::Io(_) => Misbehaviour::Malformed,
                     _ => Misbehaviour::Timeout,
                 };
-                if !matches!(error, request_response::OutboundFailure::ConnectionClosed
-                    | request_response::OutboundFailure::DialFailure)
-                {
+                if !matches!(
+                    error,
+                    request_response::OutboundFailure::ConnectionClosed
+                        | request_response::OutboundFailure::DialFailure
+                ) {
                     self.penalise(peer, why);
                 }
                 Some(NetworkEvent::RequestFailed {

@@ -69,7 +69,8 @@ pub fn devnet_spec(options: &DevnetOptions, delay: Duration) -> Result<ChainSpec
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     spec.genesis_timestamp = (now + delay).as_secs() + 1;
-    spec.validate().map_err(|e| DevnetError::Invalid(e.to_string()))?;
+    spec.validate()
+        .map_err(|e| DevnetError::Invalid(e.to_string()))?;
     Ok(spec)
 }
 
@@ -88,17 +89,68 @@ pub struct DevnetNode {
     pub metrics: SocketAddr,
 }
 
+/// What varies between the nodes of a local network.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeArgs<'a> {
+    /// The chain spec file.
+    pub chain_file: &'a std::path::Path,
+    /// The node's data directory.
+    pub data_dir: &'a std::path::Path,
+    /// Its validator key file, if it validates.
+    pub validator_key: Option<&'a std::path::Path>,
+    /// Its p2p listen multiaddr.
+    pub listen: &'a str,
+    /// Its HTTP, WebSocket and metrics addresses; `None`: no RPC.
+    pub http: Option<(SocketAddr, SocketAddr, SocketAddr)>,
+    /// Peers to dial (multiaddrs with peer ids).
+    pub bootnodes: &'a [String],
+}
+
+/// The `luxtensor-node run …` arguments of one node.
+pub fn run_args(node: &NodeArgs<'_>) -> Vec<String> {
+    let mut args = vec![
+        "run".to_string(),
+        "--data-dir".into(),
+        node.data_dir.display().to_string(),
+        "--chain".into(),
+        node.chain_file.display().to_string(),
+        "--p2p-addr".into(),
+        node.listen.to_string(),
+    ];
+    if let Some(key) = node.validator_key {
+        args.extend(["--validator-key".into(), key.display().to_string()]);
+    }
+    match node.http {
+        Some((http, ws, metrics)) => args.extend([
+            "--http-addr".into(),
+            http.to_string(),
+            "--ws-addr".into(),
+            ws.to_string(),
+            "--metrics-addr".into(),
+            metrics.to_string(),
+        ]),
+        None => args.push("--no-rpc".into()),
+    }
+    for bootnode in node.bootnodes {
+        args.extend(["--bootnode".into(), bootnode.clone()]);
+    }
+    args
+}
+
 /// Prepares the directories, keys and spec of a devnet and returns the
 /// command line of each node (without starting them).
 pub fn prepare(options: &DevnetOptions) -> Result<Vec<(DevnetNode, Vec<String>)>, DevnetError> {
     if options.validators == 0 {
-        return Err(DevnetError::Invalid("--validators must be at least 1".into()));
+        return Err(DevnetError::Invalid(
+            "--validators must be at least 1".into(),
+        ));
     }
     let _ = std::fs::remove_dir_all(&options.data_dir);
     std::fs::create_dir_all(&options.data_dir).map_err(io("creating the devnet directory"))?;
     let spec = devnet_spec(options, Duration::from_secs(2))?;
     let chain_file = options.data_dir.join("chain.json");
-    let json = serde_json::to_string_pretty(&spec).map_err(|e| DevnetError::Invalid(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&spec).map_err(|e| DevnetError::Invalid(e.to_string()))?;
     std::fs::write(&chain_file, json).map_err(io("writing chain.json"))?;
     let mut nodes: Vec<(DevnetNode, Vec<String>)> = Vec::new();
     for i in 0..options.validators {
@@ -116,31 +168,22 @@ pub fn prepare(options: &DevnetOptions) -> Result<Vec<(DevnetNode, Vec<String>)>
             (options.http_addr, options.ws_addr, options.metrics_addr)
         } else {
             let free = || -> Result<SocketAddr, DevnetError> {
-                Ok(SocketAddr::from(([127, 0, 0, 1], free_port().map_err(io("finding a free port"))?)))
+                Ok(SocketAddr::from((
+                    [127, 0, 0, 1],
+                    free_port().map_err(io("finding a free port"))?,
+                )))
             };
             (free()?, free()?, free()?)
         };
-        let mut args = vec![
-            "run".to_string(),
-            "--data-dir".into(),
-            dir.display().to_string(),
-            "--chain".into(),
-            chain_file.display().to_string(),
-            "--validator-key".into(),
-            key_file.display().to_string(),
-            "--p2p-addr".into(),
-            listen.clone(),
-            "--http-addr".into(),
-            http.to_string(),
-            "--ws-addr".into(),
-            ws.to_string(),
-            "--metrics-addr".into(),
-            metrics.to_string(),
-        ];
-        for (earlier, _) in &nodes {
-            args.push("--bootnode".into());
-            args.push(earlier.p2p.clone());
-        }
+        let bootnodes: Vec<String> = nodes.iter().map(|(n, _)| n.p2p.clone()).collect();
+        let args = run_args(&NodeArgs {
+            chain_file: &chain_file,
+            data_dir: &dir,
+            validator_key: Some(&key_file),
+            listen: &listen,
+            http: Some((http, ws, metrics)),
+            bootnodes: &bootnodes,
+        });
         nodes.push((
             DevnetNode {
                 data_dir: dir,

@@ -1,0 +1,250 @@
+//! A real devnet: validators as separate `luxtensor-node` processes on
+//! loopback, talking libp2p. They finalize, cross epochs, admit a validator
+//! that stakes through the staking contract and let one exit.
+
+use alloy_primitives::{Bytes, U256};
+use luxtensor_full::node::devnet::{self, DevnetOptions, NodeArgs};
+use luxtensor_full::staking::{STAKING_ADDRESS, request_exit_calldata, stake_calldata};
+use luxtensor_light::ChainSpec;
+use luxtensor_light::chain_spec::devnet_validator_key;
+use luxtensor_tests::node_process::{NodeProcess, free_addr};
+use luxtensor_tests::rpc_support::HttpClient;
+use luxtensor_tests::wallet::{dev_signer, staking_call};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `limit`.
+async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn hex_u64(value: &Value) -> u64 {
+    u64::from_str_radix(value.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+async fn block_number(client: &mut HttpClient) -> u64 {
+    hex_u64(&client.result("eth_blockNumber", json!([])).await)
+}
+
+async fn set_keys(client: &mut HttpClient, epoch: u64) -> Option<Vec<String>> {
+    let response = client.call("lux_getValidatorSet", json!([epoch])).await;
+    let set = response
+        .get("result")?
+        .get("validators")?
+        .as_array()?
+        .clone();
+    Some(
+        set.iter()
+            .map(|v| v["publicKey"].as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
+async fn send(client: &mut HttpClient, tx: &luxtensor_light::SignedTransaction) -> Value {
+    let raw = alloy_primitives::hex::encode_prefixed(tx.encoded_2718());
+    client.result("eth_sendRawTransaction", json!([raw])).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devnet_validators_finalize_cross_epochs_admit_a_staker_and_let_one_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DevnetOptions {
+        validators: 4,
+        data_dir: dir.path().join("devnet"),
+        slot_ms: 500,
+        epoch_length: 8,
+        http_addr: free_addr(),
+        ws_addr: free_addr(),
+        metrics_addr: free_addr(),
+    };
+    let prepared = devnet::prepare(&options).unwrap();
+    let chain_file = options.data_dir.join("chain.json");
+    let spec = ChainSpec::from_json_str(&std::fs::read_to_string(&chain_file).unwrap()).unwrap();
+    let mut nodes: Vec<NodeProcess> = prepared
+        .iter()
+        .enumerate()
+        .map(|(i, (_, args))| NodeProcess::spawn(args, &dir.path().join(format!("node-{i}.log"))))
+        .collect();
+
+    // A fifth node holds the key of a validator that is not in genesis.
+    let newcomer_dir = options.data_dir.join("node-4");
+    std::fs::create_dir_all(&newcomer_dir).unwrap();
+    let newcomer_key = devnet_validator_key(4);
+    let key_file = newcomer_dir.join("validator.key");
+    std::fs::write(
+        &key_file,
+        alloy_primitives::hex::encode(newcomer_key.to_bytes()),
+    )
+    .unwrap();
+    let bootnodes: Vec<String> = prepared.iter().map(|(n, _)| n.p2p.clone()).collect();
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", free_addr().port());
+    let newcomer_args = devnet::run_args(&NodeArgs {
+        chain_file: &chain_file,
+        data_dir: &newcomer_dir,
+        validator_key: Some(&key_file),
+        listen: &listen,
+        http: Some((free_addr(), free_addr(), free_addr())),
+        bootnodes: &bootnodes,
+    });
+    nodes.push(NodeProcess::spawn(
+        &newcomer_args,
+        &dir.path().join("node-4.log"),
+    ));
+
+    let mut rpc = HttpClient::connect(nodes[0].http.unwrap()).await;
+    wait_for(
+        "the first finalized block",
+        Duration::from_secs(30),
+        async || (block_number(&mut rpc).await >= 1).then_some(()),
+    )
+    .await;
+
+    // Stake validator 4 from its owner (development account 4) and ask
+    // validator 3 to exit from its owner (development account 3).
+    let pop = newcomer_key.proof_of_possession(spec.chain_id);
+    let stake = staking_call(
+        &dev_signer(4),
+        spec.chain_id,
+        0,
+        STAKING_ADDRESS,
+        spec.rotation.min_stake,
+        stake_calldata(newcomer_key.public_key().as_slice(), pop.as_slice()),
+    );
+    let exit = staking_call(
+        &dev_signer(3),
+        spec.chain_id,
+        0,
+        STAKING_ADDRESS,
+        U256::ZERO,
+        request_exit_calldata(),
+    );
+    let stake_hash = send(&mut rpc, &stake).await;
+    let exit_hash = send(&mut rpc, &exit).await;
+    for hash in [&stake_hash, &exit_hash] {
+        let receipt = wait_for("a staking receipt", Duration::from_secs(30), async || {
+            let receipt = rpc.result("eth_getTransactionReceipt", json!([hash])).await;
+            (!receipt.is_null()).then_some(receipt)
+        })
+        .await;
+        assert_eq!(receipt["status"], json!("0x1"), "{receipt}");
+        assert!(!receipt["logs"].as_array().unwrap().is_empty(), "{receipt}");
+    }
+
+    // The newcomer joins and validator 3 leaves at an epoch boundary.
+    let newcomer = Bytes::copy_from_slice(newcomer_key.public_key().as_slice()).to_string();
+    let leaver =
+        Bytes::copy_from_slice(devnet_validator_key(3).public_key().as_slice()).to_string();
+    let mut epoch = 1;
+    let activation = wait_for(
+        "the newcomer's activation",
+        Duration::from_secs(90),
+        async || {
+            let keys = set_keys(&mut rpc, epoch).await?;
+            if keys.contains(&newcomer) {
+                return Some(epoch);
+            }
+            epoch += 1;
+            None
+        },
+    )
+    .await;
+    let mut epoch = activation;
+    let exited = wait_for("validator 3's exit", Duration::from_secs(90), async || {
+        let keys = set_keys(&mut rpc, epoch).await?;
+        if !keys.contains(&leaver) {
+            return Some(epoch);
+        }
+        epoch += 1;
+        None
+    })
+    .await;
+
+    // The newcomer votes from its activation epoch on: some QC of a block of
+    // that epoch carries its bit (it is the last member of the set).
+    let set = set_keys(&mut rpc, activation).await.unwrap();
+    let index = set.iter().position(|k| *k == newcomer).unwrap();
+    let voted = wait_for(
+        "a QC signed by the newcomer",
+        Duration::from_secs(60),
+        async || {
+            let head = block_number(&mut rpc).await;
+            for number in (1..=head).rev().take(40) {
+                let block = rpc
+                    .result(
+                        "eth_getBlockByNumber",
+                        json!([format!("{number:#x}"), false]),
+                    )
+                    .await;
+                let qc = &block["parentQc"];
+                let parent = rpc
+                    .result("eth_getBlockByHash", json!([qc["blockHash"], false]))
+                    .await;
+                if parent.is_null() || hex_u64(&parent["epoch"]) < activation {
+                    continue;
+                }
+                let signers =
+                    alloy_primitives::hex::decode(qc["signers"].as_str().unwrap()).unwrap();
+                if signers
+                    .get(index / 8)
+                    .is_some_and(|b| b & (1 << (index % 8)) != 0)
+                {
+                    return Some(number);
+                }
+            }
+            None
+        },
+    )
+    .await;
+    assert!(voted >= 1);
+
+    // Finality keeps going through at least three epochs after genesis and
+    // past the exit, with the leaver's process still running.
+    let target_epoch = exited.max(3) + 1;
+    wait_for(
+        "finality past the exit",
+        Duration::from_secs(60),
+        async || {
+            let block = rpc
+                .result("eth_getBlockByNumber", json!(["latest", false]))
+                .await;
+            (hex_u64(&block["epoch"]) >= target_epoch).then_some(())
+        },
+    )
+    .await;
+    assert!(nodes[3].is_running());
+
+    // Every node agrees on the finalized chain.
+    let height = block_number(&mut rpc).await - 2;
+    let reference = rpc
+        .result(
+            "eth_getBlockByNumber",
+            json!([format!("{height:#x}"), false]),
+        )
+        .await["hash"]
+        .clone();
+    for node in &nodes[1..] {
+        let mut client = HttpClient::connect(node.http.unwrap()).await;
+        let hash = wait_for(
+            "a peer at the same height",
+            Duration::from_secs(20),
+            async || {
+                let block = client
+                    .result(
+                        "eth_getBlockByNumber",
+                        json!([format!("{height:#x}"), false]),
+                    )
+                    .await;
+                (!block.is_null()).then(|| block["hash"].clone())
+            },
+        )
+        .await;
+        assert_eq!(hash, reference, "node log:\n{}", node.log_text());
+    }
+}
