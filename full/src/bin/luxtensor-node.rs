@@ -127,6 +127,7 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Run(args) => run(args),
@@ -169,8 +170,7 @@ fn read_validator_key(path: &Path) -> Result<BlsSecretKey, String> {
         .map_err(|e| format!("--validator-key {}: {e}", path.display()))?;
     let bytes = alloy_primitives::hex::decode(text.trim())
         .map_err(|e| format!("--validator-key {}: not hex: {e}", path.display()))?;
-    BlsSecretKey::from_bytes(&bytes)
-        .map_err(|e| format!("--validator-key {}: {e}", path.display()))
+    BlsSecretKey::from_bytes(&bytes).map_err(|e| format!("--validator-key {}: {e}", path.display()))
 }
 
 /// Flags and environment over the TOML file.
@@ -188,7 +188,11 @@ fn merge(cli: RunArgs) -> Result<RunArgs, String> {
         chain: cli.chain.or(file.chain),
         validator_key: cli.validator_key.or(file.validator_key),
         p2p_addr: cli.p2p_addr.or(file.p2p_addr),
-        bootnodes: if cli.bootnodes.is_empty() { file.bootnodes } else { cli.bootnodes },
+        bootnodes: if cli.bootnodes.is_empty() {
+            file.bootnodes
+        } else {
+            cli.bootnodes
+        },
         http_addr: cli.http_addr.or(file.http_addr),
         ws_addr: cli.ws_addr.or(file.ws_addr),
         metrics_addr: cli.metrics_addr.or(file.metrics_addr),
@@ -203,7 +207,11 @@ fn run(args: RunArgs) -> Result<(), String> {
     let args = merge(args)?;
     let data_dir = args.data_dir.ok_or("--data-dir is required")?;
     let spec = load_chain(args.chain.as_deref().unwrap_or("devnet"))?;
-    let validator_key = args.validator_key.as_deref().map(read_validator_key).transpose()?;
+    let validator_key = args
+        .validator_key
+        .as_deref()
+        .map(read_validator_key)
+        .transpose()?;
     let p2p_addr = args
         .p2p_addr
         .as_deref()
@@ -274,7 +282,10 @@ fn run(args: RunArgs) -> Result<(), String> {
 
 fn keygen(args: KeygenArgs) -> Result<(), String> {
     if args.out.exists() {
-        return Err(format!("{} exists; refusing to overwrite a key", args.out.display()));
+        return Err(format!(
+            "{} exists; refusing to overwrite a key",
+            args.out.display()
+        ));
     }
     let spec = load_chain(&args.chain)?;
     let mut material = [0u8; 32];
@@ -291,7 +302,10 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
     println!("key file:            {}", args.out.display());
     println!("bls public key:      {public_key}");
     println!("proof of possession: {pop}");
-    println!("staking contract:    {}", luxtensor_full::staking::STAKING_ADDRESS);
+    println!(
+        "staking contract:    {}",
+        luxtensor_full::staking::STAKING_ADDRESS
+    );
     println!("stake calldata:      {calldata}");
     println!(
         "send it with at least {} wei as value, e.g. `cast send {} {calldata} --value <stake>`",
