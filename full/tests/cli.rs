@@ -13,12 +13,12 @@ fn node() -> Command {
 fn keygen_writes_a_key_and_prints_what_staking_needs() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("validator.key");
-    let out = node()
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = node().args(["keygen", "--out"]).arg(&key).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let hex = std::fs::read_to_string(&key).unwrap();
     let secret = luxtensor_light::BlsSecretKey::from_bytes(
@@ -43,7 +43,13 @@ fn keygen_writes_a_key_and_prints_what_staking_needs() {
 fn configuration_errors_name_the_option() {
     let dir = tempfile::tempdir().unwrap();
     let missing = node()
-        .args(["run", "--no-rpc", "--chain", "/nonexistent/chain.toml", "--data-dir"])
+        .args([
+            "run",
+            "--no-rpc",
+            "--chain",
+            "/nonexistent/chain.toml",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -66,7 +72,13 @@ fn configuration_errors_name_the_option() {
     assert!(stderr.contains("max-peer"), "{stderr}");
 
     let bad_addr = node()
-        .args(["run", "--no-rpc", "--p2p-addr", "not-a-multiaddr", "--data-dir"])
+        .args([
+            "run",
+            "--no-rpc",
+            "--p2p-addr",
+            "not-a-multiaddr",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

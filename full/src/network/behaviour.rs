@@ -142,7 +142,10 @@ impl Default for BehaviourConfig {
 
 impl Behaviour {
     /// Builds the behaviour for the node with `key`.
-    pub fn new(key: &libp2p::identity::Keypair, config: &BehaviourConfig) -> Result<Self, BoxError> {
+    pub fn new(
+        key: &libp2p::identity::Keypair,
+        config: &BehaviourConfig,
+    ) -> Result<Self, BoxError> {
         let gossip_config = gossipsub::ConfigBuilder::default()
             .heartbeat_interval(config.heartbeat)
             // Messages are validated by the node before they are forwarded.
@@ -161,9 +164,11 @@ impl Behaviour {
             .mesh_outbound_min(1)
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
-        let gossipsub =
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
-                .map_err(|e| format!("gossipsub: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?;
         let sync = request_response::Behaviour::with_codec(
             SyncCodec,
             [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
@@ -171,10 +176,8 @@ impl Behaviour {
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(256),
         );
-        let identify = identify::Behaviour::new(identify::Config::new(
-            "/luxtensor/1".into(),
-            key.public(),
-        ));
+        let identify =
+            identify::Behaviour::new(identify::Config::new("/luxtensor/1".into(), key.public()));
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(config.max_peers))

@@ -78,7 +78,9 @@ pub fn decompress(what: &'static str, bytes: &[u8], max: usize) -> Result<Vec<u8
     if len > max {
         return Err(WireError::TooLarge { what, len, max });
     }
-    snap::raw::Decoder::new().decompress_vec(bytes).map_err(snappy)
+    snap::raw::Decoder::new()
+        .decompress_vec(bytes)
+        .map_err(snappy)
 }
 
 /// The gossip topics, one per kind of message.
@@ -310,7 +312,9 @@ impl SyncResponse {
     /// Decodes a response.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let raw = decompress("sync response", bytes, MAX_RESPONSE_BYTES)?;
-        let (&kind, body) = raw.split_first().ok_or(WireError::Bounds("empty response"))?;
+        let (&kind, body) = raw
+            .split_first()
+            .ok_or(WireError::Bounds("empty response"))?;
         let what = "sync response";
         Ok(match kind {
             0 => SyncResponse::Status(codec::decode_exact(what, body, MAX_RESPONSE_BYTES)?),
@@ -343,7 +347,10 @@ mod tests {
     fn requests_round_trip() {
         for request in [
             SyncRequest::Status,
-            SyncRequest::HeadersByRange { start: 5, count: 128 },
+            SyncRequest::HeadersByRange {
+                start: 5,
+                count: 128,
+            },
             SyncRequest::BlocksByRange { start: 0, count: 1 },
             SyncRequest::BlocksByHash(vec![B256::repeat_byte(7); 3]),
         ] {
@@ -353,7 +360,10 @@ mod tests {
 
     #[test]
     fn request_bounds_are_enforced() {
-        let too_many = SyncRequest::BlocksByRange { start: 0, count: 129 };
+        let too_many = SyncRequest::BlocksByRange {
+            start: 0,
+            count: 129,
+        };
         assert!(matches!(
             SyncRequest::decode(&too_many.encode()),
             Err(WireError::Bounds(_))
