@@ -45,7 +45,7 @@ mod tests;
 
 pub use manager::SyncManager;
 pub use protocol::{
-    BLOCK_REQUEST_TIMEOUT_MS, BatchRequest, BlockRange, ConfigError, MAX_BLOCKS_PER_REQUEST,
-    MAX_PARALLEL_DOWNLOADS, MAX_RETRIES, PenaltyReason, RequestId, SyncConfig, SyncError,
-    SyncEvent, SyncProtocol, SyncStats,
+    BLOCK_REQUEST_TIMEOUT_MS, BatchRequest, BlockRange, ConfigError, MAX_BLOCK_NUMBER,
+    MAX_BLOCKS_PER_REQUEST, MAX_PARALLEL_DOWNLOADS, MAX_RETRIES, PenaltyReason, RequestId,
+    SyncConfig, SyncError, SyncEvent, SyncProtocol, SyncStats,
 };

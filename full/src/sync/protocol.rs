@@ -20,6 +20,10 @@ pub const BLOCK_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// before it is asked of another peer.
 pub const MAX_RETRIES: u32 = 3;
 
+/// Highest block number the scheduler accepts (2^62, out of reach of any real
+/// chain), so that no range arithmetic can overflow.
+pub const MAX_BLOCK_NUMBER: u64 = 1 << 62;
+
 /// Limits and timing of the scheduler. [`Default`] gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncConfig {
@@ -143,6 +147,12 @@ pub enum SyncError {
         expected: B256,
         /// The header's parent hash.
         got: B256,
+    },
+    /// A header number so high that ranges after it would overflow.
+    #[error("header number {number} is above the supported maximum {MAX_BLOCK_NUMBER}")]
+    NumberTooHigh {
+        /// The header's number.
+        number: u64,
     },
     /// Queuing the headers would exceed `max_queued_headers`.
     #[error("header queue full: {held} held + {adding} new > {capacity}")]
@@ -490,6 +500,11 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
         let mut hashes = Vec::with_capacity(headers.len());
         let mut prev = self.tip;
         for header in headers {
+            if header.number > MAX_BLOCK_NUMBER {
+                return Err(SyncError::NumberTooHigh {
+                    number: header.number,
+                });
+            }
             if let Some((number, hash)) = prev {
                 let expected = number.checked_add(1);
                 if expected != Some(header.number) {

@@ -645,6 +645,13 @@ fn headers_must_link_and_fit() {
     assert_eq!(sync.queue_capacity(), 4);
     assert_eq!(sync.queue_headers(&all[4..8]), Ok(4));
     assert_eq!(sync.next_block(), 5);
+    let mut fresh = SyncProtocol::<u32>::default();
+    let mut huge = all[0].clone();
+    huge.header.number = u64::MAX;
+    assert_eq!(
+        fresh.queue_headers(&[huge]),
+        Err(SyncError::NumberTooHigh { number: u64::MAX })
+    );
 }
 
 #[test]
