@@ -137,7 +137,7 @@ pub enum GossipMessage {
     /// A QC.
     Certificate(QuorumCert),
     /// A pending transaction.
-    Transaction(SignedTransaction),
+    Transaction(Box<SignedTransaction>),
 }
 
 impl GossipMessage {
@@ -175,11 +175,11 @@ impl GossipMessage {
             Topic::Certificates => {
                 GossipMessage::Certificate(QuorumCert::decode(&raw).map_err(WireError::Decode)?)
             }
-            Topic::Transactions => GossipMessage::Transaction(codec::decode_exact(
+            Topic::Transactions => GossipMessage::Transaction(Box::new(codec::decode_exact(
                 "transaction",
                 &raw,
                 codec::MAX_TRANSACTION_BYTES,
-            )?),
+            )?)),
         })
     }
 }

@@ -21,7 +21,7 @@ const RECENT_PENDING: usize = 4096;
 #[derive(Debug)]
 pub enum NodeCommand {
     /// A transaction to add to the mempool and gossip.
-    Transaction(SignedTransaction),
+    Transaction(Box<SignedTransaction>),
     /// Evidence to include in a block.
     Evidence(Evidence),
 }
@@ -113,7 +113,7 @@ impl NodeHandle for LiveNode {
         self.precheck(&tx)?;
         let hash = tx.hash();
         self.commands
-            .try_send(NodeCommand::Transaction(tx.clone()))
+            .try_send(NodeCommand::Transaction(Box::new(tx.clone())))
             .map_err(|_| "txpool is full or the node is shutting down".to_string())?;
         self.remember_pending(tx);
         Ok(hash)

@@ -7,8 +7,8 @@
 //! RPC, a housekeeping tick, or shutdown. Finalized blocks go through the
 //! [`Importer`] into the store and out to RPC subscribers.
 
-mod handle;
 pub mod devnet;
+mod handle;
 mod serve;
 
 pub use handle::{LiveNode, NodeCommand};
@@ -25,11 +25,11 @@ use crate::slashing_protection::{
     DiskSlashingProtection, MemorySlashingProtection, SlashingProtection,
 };
 use crate::sync::manager::{SyncManager, SyncOutcome};
-use luxtensor_light::Header;
 use crate::{ImportError, Importer, StoreError};
 use alloy_primitives::B256;
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
+use luxtensor_light::Header;
 use luxtensor_light::{Block, BlsSecretKey, ChainSpec};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -67,7 +67,7 @@ pub struct NodeConfig {
 pub enum ByzantineServing {
     /// Blocks whose transactions do not match their headers.
     CorruptBodies,
-    /// Never answers.
+    /// Announces its chain but never answers a range request.
     Silent,
     /// Answers with empty ranges.
     Empty,
@@ -107,7 +107,11 @@ pub struct NodeInfo {
     /// The libp2p peer id.
     pub peer_id: PeerId,
     /// The RPC addresses, if served.
-    pub rpc: Option<(std::net::SocketAddr, Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)>,
+    pub rpc: Option<(
+        std::net::SocketAddr,
+        Option<std::net::SocketAddr>,
+        Option<std::net::SocketAddr>,
+    )>,
 }
 
 /// The finalized block an importer holds, as an engine root.
@@ -182,7 +186,8 @@ impl Node {
         let genesis_hash = config.spec.genesis_header().hash();
         let chain = Arc::new(RwLock::new(importer));
         let engine = Self::new_engine(&config, root)?;
-        let key = crate::network::service::load_or_create_node_key(&config.data_dir.join("node.key"))?;
+        let key =
+            crate::network::service::load_or_create_node_key(&config.data_dir.join("node.key"))?;
         let network = Network::start(
             key,
             NetworkConfig {
@@ -265,14 +270,20 @@ impl Node {
     }
 
     /// Runs until `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NodeError> {
         tokio::pin!(shutdown);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let wakeup = self.engine.next_wakeup_ms().saturating_sub(now_ms());
             let sleep = tokio::time::sleep(Duration::from_millis(wakeup.min(60_000)));
-            let reply_due = self.delayed.next_due_ms().map(|due| due.saturating_sub(now_ms()));
+            let reply_due = self
+                .delayed
+                .next_due_ms()
+                .map(|due| due.saturating_sub(now_ms()));
             let replies = async {
                 match reply_due {
                     Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -300,9 +311,10 @@ impl Node {
 
     fn housekeeping(&mut self) {
         self.network.expire_bans();
-        self.live
-            .peers
-            .store(self.network.peer_count(), std::sync::atomic::Ordering::Relaxed);
+        self.live.peers.store(
+            self.network.peer_count(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let peers: Vec<PeerId> = self.network.peers().copied().collect();
         for peer in peers {
             self.network.request(peer, &SyncRequest::Status);
@@ -311,15 +323,13 @@ impl Node {
 
     fn on_command(&mut self, command: NodeCommand) {
         match command {
-            NodeCommand::Transaction(tx) => {
-                match self.engine.submit_transaction(tx.clone()) {
-                    Ok(()) => {
-                        self.network.publish(&GossipMessage::Transaction(tx.clone()));
-                        self.notify(BroadcastEvent::NewTransaction(tx));
-                    }
-                    Err(reason) => tracing::debug!(%reason, "transaction refused by the mempool"),
+            NodeCommand::Transaction(tx) => match self.engine.submit_transaction((*tx).clone()) {
+                Ok(()) => {
+                    self.network.publish(&GossipMessage::Transaction(tx.clone()));
+                    self.notify(BroadcastEvent::NewTransaction(*tx));
                 }
-            }
+                Err(reason) => tracing::debug!(%reason, "transaction refused by the mempool"),
+            },
             NodeCommand::Evidence(evidence) => {
                 if let Err(reason) = self.engine.submit_evidence(evidence) {
                     tracing::warn!(%reason, "submitted evidence refused");
@@ -346,7 +356,8 @@ impl Node {
                 match self.config.serve_throttle {
                     Some(throttle) => {
                         let bytes = response.encode().len();
-                        self.delayed.push(throttle, now_ms(), bytes, (channel, response));
+                        self.delayed
+                            .push(throttle, now_ms(), bytes, (channel, response));
                     }
                     None => self.network.respond(channel, &response),
                 }
@@ -384,7 +395,8 @@ impl Node {
     }
 
     fn on_status(&mut self, peer: PeerId, status: PeerStatus) {
-        if status.chain_id != self.config.spec.chain_id || status.genesis_hash != self.genesis_hash {
+        if status.chain_id != self.config.spec.chain_id || status.genesis_hash != self.genesis_hash
+        {
             tracing::warn!(%peer, "peer is on another chain");
             self.network
                 .penalise(peer, crate::network::Misbehaviour::ProtocolViolation);
@@ -394,7 +406,12 @@ impl Node {
         self.sync.update_peer(peer, status.finalized_number);
     }
 
-    fn on_gossip(&mut self, from: PeerId, id: libp2p::gossipsub::MessageId, message: GossipMessage) {
+    fn on_gossip(
+        &mut self,
+        from: PeerId,
+        id: libp2p::gossipsub::MessageId,
+        message: GossipMessage,
+    ) {
         let valid = match message {
             GossipMessage::Block(block) => {
                 let before = self.engine.stats().invalid_blocks;
@@ -410,9 +427,9 @@ impl Node {
                 true
             }
             GossipMessage::Transaction(tx) => {
-                if self.engine.submit_transaction(tx.clone()).is_ok() {
-                    self.live.remember_pending(tx.clone());
-                    self.notify(BroadcastEvent::NewTransaction(tx));
+                if self.engine.submit_transaction((*tx).clone()).is_ok() {
+                    self.live.remember_pending((*tx).clone());
+                    self.notify(BroadcastEvent::NewTransaction(*tx));
                 }
                 true
             }
@@ -497,7 +514,11 @@ impl Node {
     }
 
     fn answer(&self, request: &SyncRequest) -> Option<SyncResponse> {
-        if self.config.byzantine == Some(ByzantineServing::Silent) {
+        // A silent node still announces its chain (so that it is asked for
+        // ranges), then never serves them.
+        if self.config.byzantine == Some(ByzantineServing::Silent)
+            && !matches!(request, SyncRequest::Status)
+        {
             return None;
         }
         let chain = self.chain.read().expect("lock");
@@ -544,11 +565,16 @@ impl Node {
                 self.engine.restart_from(root);
                 self.engine.handle_tick(now_ms());
                 self.notify(BroadcastEvent::SyncStatus { syncing: false });
-                tracing::info!(finalized = head.number, "sync complete; following the head by gossip");
+                tracing::info!(
+                    finalized = head.number,
+                    "sync complete; following the head by gossip"
+                );
             }
         }
-        *self.live.sync.lock().expect("lock") =
-            self.sync.is_syncing().then(|| self.sync.progress(head.number));
+        *self.live.sync.lock().expect("lock") = self
+            .sync
+            .is_syncing()
+            .then(|| self.sync.progress(head.number));
         Ok(())
     }
 
@@ -565,7 +591,11 @@ impl Node {
         let progress = self.sync.progress(head);
         let rate = self.sync.blocks_per_second(now);
         let remaining = progress.highest.saturating_sub(head);
-        let eta_s = if rate > 0.0 { remaining as f64 / rate } else { f64::INFINITY };
+        let eta_s = if rate > 0.0 {
+            remaining as f64 / rate
+        } else {
+            f64::INFINITY
+        };
         tracing::info!(
             height = head,
             target = progress.highest,

@@ -1,10 +1,10 @@
 //! Answers to peers' sync requests, from the store (finalized blocks) and
 //! the engine (blocks above them), within the response size cap.
 
+use super::ByzantineServing;
 use crate::Importer;
 use crate::consensus::Engine;
 use crate::network::wire::{MAX_RESPONSE_BYTES, PeerStatus, SyncRequest, SyncResponse};
-use super::ByzantineServing;
 use alloy_primitives::B256;
 use alloy_rlp::Encodable;
 use luxtensor_light::Block;
@@ -14,7 +14,12 @@ use luxtensor_light::Block;
 const RESPONSE_BUDGET: usize = MAX_RESPONSE_BYTES / 2;
 
 /// The answer to `request`.
-pub fn answer(chain: &Importer, engine: &Engine, request: &SyncRequest, genesis: B256) -> SyncResponse {
+pub fn answer(
+    chain: &Importer,
+    engine: &Engine,
+    request: &SyncRequest,
+    genesis: B256,
+) -> SyncResponse {
     let store = chain.store();
     match request {
         SyncRequest::Status => {

@@ -242,7 +242,8 @@ impl SyncManager {
                 } else if headers[0].header.number != start {
                     penalties.push((peer, Misbehaviour::ProtocolViolation));
                 } else if self.protocol.last_queued().is_none()
-                    && (start != self.anchor.0 + 1 || headers[0].header.parent_hash != self.anchor.1)
+                    && (start != self.anchor.0 + 1
+                        || headers[0].header.parent_hash != self.anchor.1)
                 {
                     // Not our chain (or our head moved on): try again later.
                     tracing::debug!(%peer, start, "headers do not extend our head");
@@ -322,7 +323,12 @@ impl SyncManager {
         }
         if let Some(last) = ready.last() {
             let next = last.header.number + 1;
-            if let Some(&from) = self.header_sources.range(..=next).next_back().map(|(k, _)| k) {
+            if let Some(&from) = self
+                .header_sources
+                .range(..=next)
+                .next_back()
+                .map(|(k, _)| k)
+            {
                 self.header_sources = self.header_sources.split_off(&from);
             }
         }
@@ -380,7 +386,9 @@ impl SyncManager {
         SyncProgress {
             starting: self.active.map_or(current, |a| a.starting),
             current,
-            highest: self.best_peer().map_or(current, |(_, best)| best.max(current)),
+            highest: self
+                .best_peer()
+                .map_or(current, |(_, best)| best.max(current)),
         }
     }
 
@@ -391,7 +399,11 @@ impl SyncManager {
         };
         let secs = now_ms.saturating_sub(active.started_ms) as f64 / 1000.0;
         let blocks = self.imported - active.imported_at_start;
-        if secs > 0.0 { blocks as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            blocks as f64 / secs
+        } else {
+            0.0
+        }
     }
 
     /// Scheduler counters.
