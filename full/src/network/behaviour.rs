@@ -56,8 +56,16 @@ where
             format!("frame of {len} bytes is over the limit of {max}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grow with the bytes that actually arrive rather than trusting the
+    // announced length with an allocation up front.
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame ended after {} of {len} bytes", buf.len()),
+        ));
+    }
     Ok(buf)
 }
 
