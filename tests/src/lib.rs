@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod light_chain;
+pub mod light_server;
 pub mod producer;
 pub mod rpc_bench;
 pub mod rpc_support;

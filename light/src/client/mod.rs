@@ -6,7 +6,7 @@
 //! ([`tracker`]), the rules it names when it refuses something ([`rules`]),
 //! the upstream score table ([`upstream`]), the persisted trusted state
 //! ([`persist`]) and the checks the proxy runs on served data ([`proofs`]).
-//! The networking shell (behind the `client` feature, later) fetches bytes,
+//! The networking shell ([`net`], behind the `client` feature) fetches bytes,
 //! feeds them in and acts on the events.
 //!
 //! | module | what it holds |
@@ -18,6 +18,7 @@
 //! | [`upstream`] | [`Upstreams`]: scores of silent, lagging and lying upstreams |
 //! | [`persist`] | [`TrustedState`] and its versioned file format, `write_atomic` |
 //! | [`proofs`] | transactions, receipts, `eth_getProof` and ancestry checks |
+//! | `net` (feature `client`) | the WebSocket shell: `follow`, `FollowConfig`, the node's JSON shapes |
 //!
 //! ## How the shell drives it
 //!
@@ -65,6 +66,8 @@
 //! ```
 
 pub mod checkpoint;
+#[cfg(feature = "client")]
+pub mod net;
 pub mod persist;
 pub mod proofs;
 pub mod rules;
