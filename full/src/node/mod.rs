@@ -482,10 +482,17 @@ impl Node {
         if fresh.is_empty() {
             return Ok(());
         }
-        if let Err(e) = chain.import_chain(&fresh) {
-            // The engine executed these blocks already; a failure here is a
-            // disagreement between the two paths and must stop the node.
-            return Err(NodeError::Import(e.error));
+        match chain.import_chain(&fresh) {
+            Ok(_) => {}
+            // A gap: range sync moved the store while the engine finalized
+            // from an older root; sync fills it.
+            Err(e) if matches!(e.error, ImportError::NotOnHead { .. }) => {
+                tracing::debug!(error = %e.error, "finalized blocks do not extend the store yet");
+                return Ok(());
+            }
+            // The engine executed these blocks already; any other failure is
+            // a disagreement between the two paths and must stop the node.
+            Err(e) => return Err(NodeError::Import(e.error)),
         }
         let root = self.engine.root();
         if let Some(qc) = &root.qc {
