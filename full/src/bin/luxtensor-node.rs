@@ -268,9 +268,9 @@ fn run(args: RunArgs) -> Result<(), String> {
             serde_json::json!({
                 "event": "started",
                 "peer_id": info.peer_id.to_string(),
-                "http": info.rpc.map(|r| r.0.to_string()),
-                "ws": info.rpc.and_then(|r| r.1).map(|a| a.to_string()),
-                "metrics": info.rpc.and_then(|r| r.2).map(|a| a.to_string()),
+                "http": info.http.map(|a| a.to_string()),
+                "ws": info.ws.map(|a| a.to_string()),
+                "metrics": info.metrics.map(|a| a.to_string()),
             })
         );
         let shutdown = async {

@@ -106,12 +106,12 @@ pub enum NodeError {
 pub struct NodeInfo {
     /// The libp2p peer id.
     pub peer_id: PeerId,
-    /// The RPC addresses, if served.
-    pub rpc: Option<(
-        std::net::SocketAddr,
-        Option<std::net::SocketAddr>,
-        Option<std::net::SocketAddr>,
-    )>,
+    /// HTTP JSON-RPC address, if served.
+    pub http: Option<std::net::SocketAddr>,
+    /// WebSocket JSON-RPC address, if served.
+    pub ws: Option<std::net::SocketAddr>,
+    /// `/metrics` and `/health` address, if served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The finalized block an importer holds, as an engine root.
@@ -157,8 +157,6 @@ pub struct Node {
     broadcaster: Option<Broadcaster>,
     rpc: Option<crate::rpc::RpcHandle>,
     sync: SyncManager,
-    /// Best status each peer told us.
-    statuses: std::collections::HashMap<PeerId, PeerStatus>,
     genesis_hash: B256,
     last_progress_log_ms: u64,
     delayed: serve::DelayedReplies<(ResponseChannel<Vec<u8>>, SyncResponse)>,
@@ -224,7 +222,6 @@ impl Node {
             commands,
             broadcaster,
             rpc,
-            statuses: Default::default(),
             genesis_hash,
             last_progress_log_ms: 0,
             delayed: Default::default(),
@@ -250,12 +247,12 @@ impl Node {
 
     /// What the node exposes (peer id, RPC addresses).
     pub fn info(&self) -> NodeInfo {
+        let rpc = self.rpc.as_ref();
         NodeInfo {
             peer_id: self.network.local_peer_id(),
-            rpc: self
-                .rpc
-                .as_ref()
-                .map(|h| (h.http_addr, h.ws_addr, h.metrics_addr)),
+            http: rpc.map(|h| h.http_addr),
+            ws: rpc.and_then(|h| h.ws_addr),
+            metrics: rpc.and_then(|h| h.metrics_addr),
         }
     }
 
@@ -387,7 +384,6 @@ impl Node {
             }
             NetworkEvent::PeerDisconnected(peer) => {
                 tracing::info!(%peer, peers = self.network.peer_count(), "peer disconnected");
-                self.statuses.remove(&peer);
                 self.sync.remove_peer(&peer);
             }
         }
@@ -402,7 +398,6 @@ impl Node {
                 .penalise(peer, crate::network::Misbehaviour::ProtocolViolation);
             return;
         }
-        self.statuses.insert(peer, status);
         self.sync.update_peer(peer, status.finalized_number);
     }
 
