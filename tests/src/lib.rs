@@ -3,6 +3,7 @@
 //! certified headers built with the real signing code.
 
 pub mod bench;
+pub mod light_bench;
 pub mod light_chain;
 pub mod light_server;
 pub mod producer;

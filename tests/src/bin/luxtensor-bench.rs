@@ -7,6 +7,10 @@ use std::hint::black_box;
 use std::process::ExitCode;
 
 const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "light",
+        "light client: catch-up, bytes per epoch, head verification, follow RSS, binary size",
+    ),
     ("qc-verify", "QC verification: single, batched, and its parts"),
     ("rpc", "JSON-RPC: HTTP request rates, newHeads fan-out, memory"),
 ];
@@ -19,6 +23,7 @@ fn main() -> ExitCode {
         Some("qc-verify") => qc_verify(quick),
         Some("import") => import(quick),
         Some("consensus") => consensus(quick),
+        Some("light") => luxtensor_tests::light_bench::run(quick),
         Some("rpc") => luxtensor_tests::rpc_bench::run(quick),
         Some("rpc-clients") => luxtensor_tests::rpc_bench::clients(&args[1..]),
         other => {
