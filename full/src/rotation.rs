@@ -578,6 +578,28 @@ impl ValidatorRotation {
         paid
     }
 
+    /// Stake requests waiting for activation, in queue order, with the
+    /// earliest epoch each can activate (the cap and churn limit may make it
+    /// wait longer).
+    pub fn pending_activations(&self) -> impl Iterator<Item = (&Validator, u64)> {
+        self.state
+            .pending
+            .iter()
+            .map(|p| (&p.validator, p.activation_epoch))
+    }
+
+    /// Active validators that asked to leave, with the epoch whose set no
+    /// longer includes them.
+    pub fn pending_exits(&self) -> impl Iterator<Item = (Address, u64)> + '_ {
+        self.state.exiting.iter().map(|e| (e.owner, e.exit_epoch))
+    }
+
+    /// Slashing recorded against validators still in a set (owner, amount);
+    /// they are ejected from the next set not yet fixed.
+    pub fn slashed(&self) -> impl Iterator<Item = (Address, U256)> + '_ {
+        self.state.slashed.iter().map(|s| (s.owner, s.amount))
+    }
+
     /// Counters for operators.
     pub fn get_stats(&self) -> RotationStats {
         RotationStats {

@@ -195,6 +195,13 @@ impl Metrics {
     pub fn subscriptions(&self) -> i64 {
         self.subscriptions.load(Ordering::Relaxed)
     }
+
+    /// JSON-RPC calls answered so far, every method and outcome (the status
+    /// page's requests-per-second chart).
+    pub fn requests_total(&self) -> u64 {
+        let methods = self.methods.lock().expect("not poisoned");
+        methods.values().map(|m| m.ok + m.error).sum()
+    }
 }
 
 /// The Prometheus text for `/metrics`.

@@ -14,6 +14,7 @@
 //! | [`subscriptions`] | [`BroadcastEvent`] fan-out, `eth_subscribe`/`eth_unsubscribe`, polling filters with expiry |
 //! | `eth`, `lux` | the method handlers |
 //! | [`metrics`] | `/metrics` (Prometheus text) and `/health` |
+//! | [`status`] | the live status page on the metrics address: `/`, `/status.json`, `/status/events` |
 //!
 //! The node calls [`serve`] once and feeds [`RpcHandle::broadcaster`] from
 //! its loop:
@@ -37,6 +38,7 @@ pub mod jsonrpc;
 pub(crate) mod lux;
 pub mod metrics;
 pub mod server;
+pub mod status;
 pub mod subscriptions;
 
 pub use backend::{NodeHandle, RpcState, StaticNode, SyncProgress};

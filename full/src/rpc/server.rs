@@ -220,7 +220,8 @@ fn metrics_router(state: RpcState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/health", get(health))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(super::status::router(state))
 }
 
 async fn metrics_text(State(state): State<RpcState>) -> Response {
