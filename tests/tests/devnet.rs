@@ -252,10 +252,13 @@ async fn devnet_validators_finalize_cross_epochs_admit_a_staker_and_let_one_exit
 /// Whether member `index` signed the QC carried by block `number`.
 async fn signed_qc_of(client: &mut HttpClient, number: u64, index: usize) -> bool {
     let block = client
-        .result("eth_getBlockByNumber", json!([format!("{number:#x}"), false]))
+        .result(
+            "eth_getBlockByNumber",
+            json!([format!("{number:#x}"), false]),
+        )
         .await;
-    let signers = alloy_primitives::hex::decode(block["parentQc"]["signers"].as_str().unwrap())
-        .unwrap();
+    let signers =
+        alloy_primitives::hex::decode(block["parentQc"]["signers"].as_str().unwrap()).unwrap();
     signers
         .get(index / 8)
         .is_some_and(|b| b & (1 << (index % 8)) != 0)
@@ -281,44 +284,153 @@ async fn devnet_a_validator_killed_with_sigkill_restarts_from_its_data_dir_and_v
         .map(|(i, (_, args))| NodeProcess::spawn(args, &log(i, 0)))
         .collect();
     let mut rpc = HttpClient::connect(nodes[0].http.unwrap()).await;
-    wait_for("a few finalized blocks", Duration::from_secs(30), async || {
-        (block_number(&mut rpc).await >= 4).then_some(())
-    })
+    wait_for(
+        "a few finalized blocks",
+        Duration::from_secs(30),
+        async || (block_number(&mut rpc).await >= 4).then_some(()),
+    )
     .await;
 
     // Kill validator 2 for real; the other three (3 of 4 equal stakes, more
     // than 2/3) keep finalizing without it.
     nodes[2].kill();
     let at_kill = block_number(&mut rpc).await;
-    wait_for("finality without validator 2", Duration::from_secs(30), async || {
-        (block_number(&mut rpc).await >= at_kill + 6).then_some(())
-    })
+    wait_for(
+        "finality without validator 2",
+        Duration::from_secs(30),
+        async || (block_number(&mut rpc).await >= at_kill + 6).then_some(()),
+    )
     .await;
     let head = block_number(&mut rpc).await;
-    assert!(!signed_qc_of(&mut rpc, head, 2).await, "a dead validator cannot sign");
+    assert!(
+        !signed_qc_of(&mut rpc, head, 2).await,
+        "a dead validator cannot sign"
+    );
 
     // Restart it from its data directory: it resumes from its stored
     // finalized head, catches up and signs again.
     nodes[2] = NodeProcess::spawn(&prepared[2].1, &log(2, 1));
     let mut restarted = HttpClient::connect(nodes[2].http.unwrap()).await;
     let first = block_number(&mut restarted).await;
-    assert!(first >= 1, "the restarted node starts from its stored head, not genesis");
-    wait_for("validator 2 signing again", Duration::from_secs(60), async || {
-        let head = block_number(&mut rpc).await;
-        signed_qc_of(&mut rpc, head, 2).await.then_some(())
-    })
+    assert!(
+        first >= 1,
+        "the restarted node starts from its stored head, not genesis"
+    );
+    wait_for(
+        "validator 2 signing again",
+        Duration::from_secs(60),
+        async || {
+            let head = block_number(&mut rpc).await;
+            signed_qc_of(&mut rpc, head, 2).await.then_some(())
+        },
+    )
     .await;
     let head = block_number(&mut rpc).await;
     let reference = rpc
         .result("eth_getBlockByNumber", json!([format!("{head:#x}"), false]))
         .await["hash"]
         .clone();
-    let hash = wait_for("the restarted node at the head", Duration::from_secs(30), async || {
-        let block = restarted
-            .result("eth_getBlockByNumber", json!([format!("{head:#x}"), false]))
-            .await;
-        (!block.is_null()).then(|| block["hash"].clone())
-    })
+    let hash = wait_for(
+        "the restarted node at the head",
+        Duration::from_secs(30),
+        async || {
+            let block = restarted
+                .result("eth_getBlockByNumber", json!([format!("{head:#x}"), false]))
+                .await;
+            (!block.is_null()).then(|| block["hash"].clone())
+        },
+    )
     .await;
     assert_eq!(hash, reference, "log:\n{}", nodes[2].log_text());
+}
+
+/// `target/<profile>/luxtensor-light`, built beside the node by `cargo test --workspace`.
+fn light_binary() -> std::path::PathBuf {
+    let node = luxtensor_tests::node_process::node_binary();
+    let light = node.with_file_name("luxtensor-light");
+    assert!(
+        light.exists(),
+        "{} is missing: run `cargo build -p luxtensor-light`",
+        light.display()
+    );
+    light
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devnet_the_light_client_follows_real_nodes_across_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DevnetOptions {
+        validators: 4,
+        data_dir: dir.path().join("devnet"),
+        slot_ms: 500,
+        epoch_length: 8,
+        http_addr: free_addr(),
+        ws_addr: free_addr(),
+        metrics_addr: free_addr(),
+    };
+    let prepared = devnet::prepare(&options).unwrap();
+    let nodes: Vec<NodeProcess> = prepared
+        .iter()
+        .enumerate()
+        .map(|(i, (_, args))| NodeProcess::spawn(args, &dir.path().join(format!("node-{i}.log"))))
+        .collect();
+    let mut follower = std::process::Command::new(light_binary())
+        .args(["follow", "--json", "--chain"])
+        .arg(options.data_dir.join("chain.json"))
+        .arg("--data-dir")
+        .arg(dir.path().join("light"))
+        .args(["--upstream", &format!("ws://{}", nodes[0].ws.unwrap())])
+        .args(["--upstream", &format!("ws://{}", nodes[1].ws.unwrap())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Read events until the client has changed epoch twice.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut finalized = Vec::new();
+    let mut epochs = 0;
+    while epochs < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = lines
+            .recv_timeout(left)
+            .expect("light client events in time");
+        assert_ne!(event["event"], "rejected", "{event}");
+        assert_ne!(event["event"], "equivocation", "{event}");
+        match event["event"].as_str() {
+            Some("finalized") => finalized.push(event),
+            Some("epoch") => epochs += 1,
+            _ => {}
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    // Its finalized blocks are the nodes' blocks, in order.
+    assert!(finalized.len() >= 8, "{finalized:?}");
+    let mut rpc = HttpClient::connect(nodes[2].http.unwrap()).await;
+    let mut previous = 0;
+    for event in &finalized {
+        let number = event["number"].as_u64().unwrap();
+        assert!(number > previous, "finalized numbers increase");
+        previous = number;
+        let block = rpc
+            .result(
+                "eth_getBlockByNumber",
+                json!([format!("{number:#x}"), false]),
+            )
+            .await;
+        assert_eq!(block["hash"], event["hash"], "block {number}");
+    }
 }
