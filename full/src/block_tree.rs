@@ -8,7 +8,12 @@ use crate::execution::{self, EpochPosition};
 use crate::import::recover_senders;
 use crate::state::ChainState;
 use alloy_primitives::B256;
-use luxtensor_light::{Block, ChainSpec, QuorumCert, ValidatorSet, verify_header, verify_link};
+use luxtensor_light::qc::{SharedVerifiedCache, VerifiedCache};
+use luxtensor_light::verify::HeaderError;
+use luxtensor_light::{
+    Block, ChainSpec, QcError, QuorumCert, SignedHeader, ValidatorSet, bls, check_header,
+    check_link,
+};
 use std::collections::HashMap;
 
 /// Most blocks the tree holds above the finalized block; past it, new blocks
@@ -83,6 +88,8 @@ pub struct BlockTree {
     nodes: HashMap<B256, TreeNode>,
     /// The certified block with the highest slot: fork choice builds on it.
     highest_certified: B256,
+    /// Seals and parent QCs already verified (shared with the engine).
+    verified: SharedVerifiedCache,
 }
 
 impl BlockTree {
@@ -110,7 +117,14 @@ impl BlockTree {
             root,
             nodes: HashMap::from([(root, node)]),
             highest_certified: root,
+            verified: VerifiedCache::shared(VerifiedCache::DEFAULT_CAPACITY),
         }
+    }
+
+    /// Checks seals and parent QCs through `cache` from now on (see
+    /// [`VerifiedCache`]): a seal or QC verified before is not paired again.
+    pub fn set_verified_cache(&mut self, cache: SharedVerifiedCache) {
+        self.verified = cache;
     }
 
     /// The finalized block the tree grows from.
@@ -185,14 +199,14 @@ impl BlockTree {
                 header.epoch
             )));
         }
-        verify_header(header, &set, &self.spec).map_err(|e| invalid(&e))?;
-        verify_link(
-            header,
-            &parent.block.header,
-            &parent.epoch_set,
-            self.spec.chain_id,
-        )
-        .map_err(|e| invalid(&e))?;
+        check_header(header, &set, &self.spec).map_err(|e| invalid(&e))?;
+        self.verify_seal(header, &set).map_err(|e| invalid(&e))?;
+        if let Some(qc) =
+            check_link(header, &parent.block.header, &parent.epoch_set).map_err(|e| invalid(&e))?
+        {
+            qc.verify_cached(&parent.epoch_set, self.spec.chain_id, &self.verified)
+                .map_err(|e| invalid(&HeaderError::BadParentQc(e)))?;
+        }
         block.verify_body().map_err(|e| invalid(&e))?;
         let senders = recover_senders(&block.transactions).map_err(|e| invalid(&e))?;
         let mut state = parent.state.clone();
@@ -215,6 +229,35 @@ impl BlockTree {
             return Ok(Vec::new());
         }
         Ok(self.certify(parent_qc))
+    }
+
+    /// The proposer's seal of `header` (already checked by [`check_header`],
+    /// so the proposer index is in `set`), through the cache.
+    fn verify_seal(&self, header: &SignedHeader, set: &ValidatorSet) -> Result<(), HeaderError> {
+        let index = header.proposer_index;
+        let key = set
+            .decoded_keys()
+            .get(index as usize)
+            .ok_or(HeaderError::BadSeal(QcError::SignerOutsideSet {
+                index: index as usize,
+                set_len: set.len(),
+            }))?;
+        let root = bls::proposal_signing_root(self.spec.chain_id, &header.hash());
+        let signature = &header.proposer_signature;
+        let entry = VerifiedCache::signature_key(&root, set, index, signature);
+        VerifiedCache::check(
+            &self.verified,
+            entry,
+            || (),
+            || {
+                bls::verify(key, &root, signature).map_err(|e| {
+                    HeaderError::BadSeal(match e {
+                        bls::BlsError::VerificationFailed => QcError::BadSignature,
+                        other => QcError::MalformedSignature(other),
+                    })
+                })
+            },
+        )
     }
 
     /// Records a certificate (already verified against the set of the

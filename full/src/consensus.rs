@@ -27,15 +27,34 @@ use crate::slashing_protection::{SigningRequest, SlashingProtection};
 use crate::state::ChainState;
 use alloy_primitives::B256;
 use luxtensor_light::evidence::{DoubleProposal, DoubleVote};
+use luxtensor_light::qc::{SharedVerifiedCache, VerifiedCache, verify_votes_cached};
 use luxtensor_light::{
     Block, BlsPublicKey, BlsSecretKey, ChainSpec, Evidence, Header, QcBuilder, QuorumCert,
     SignedHeader, SignedTransaction, ValidatorSet, Vote,
 };
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// What one piece of evidence punishes: (epoch, offender's index in that
+/// epoch's set, slot). Two proofs of one offence slash once.
+type Offence = (u64, u32, u64);
+
+fn offence_of(evidence: &Evidence) -> Offence {
+    match evidence {
+        Evidence::DoubleVote(e) => (e.epoch, e.first.validator_index, e.first.slot),
+        Evidence::DoubleProposal(e) => (e.first.epoch, e.first.proposer_index, e.first.slot),
+    }
+}
 
 /// Most (slot, voter) pairs remembered for double-vote detection while
 /// finality stalls (pruned at every finalization).
 pub const MAX_VOTES_SEEN: usize = 65_536;
+
+/// Votes waiting for their check, each with the epoch its sender named.
+type Waiting = Vec<(u64, Vote)>;
+
+/// Most votes kept unverified at once (waiting to be checked together);
+/// past it, each new vote is checked on arrival.
+pub const MAX_UNVERIFIED_VOTES: usize = 4096;
 
 /// Timing and bounds of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +172,14 @@ pub struct Engine {
     /// The highest QC seen (verified); its slot is the locking bound for votes.
     high_qc: QuorumCert,
     pools: BTreeMap<(u64, B256), QcBuilder>,
+    /// Votes for blocks of the tree not verified yet, by (slot, block):
+    /// checked together (one pairing per block) once they could complete a
+    /// QC, when their slot is over, or when too many pile up.
+    unverified: BTreeMap<(u64, B256), Waiting>,
+    /// Votes in `unverified`.
+    unverified_len: usize,
+    /// Signatures already verified (this engine's own, or shared).
+    verified: SharedVerifiedCache,
     /// First vote seen per (slot, voter key), with the voted block's epoch.
     votes_seen: HashMap<(u64, BlsPublicKey), (u64, Vote)>,
     /// First proposal seen per (slot, proposer key).
@@ -161,6 +188,9 @@ pub struct Engine {
     /// to follow either side of an equivocation and to prove it).
     blocks_per_proposer: HashMap<(u64, u32), u8>,
     evidence: Vec<Evidence>,
+    /// Offences (epoch, offender index, slot) punished by finalized blocks:
+    /// evidence of them is not proposed again.
+    punished: HashSet<Offence>,
     /// Blocks waiting for their parent, by (number, hash).
     orphans: BTreeMap<(u64, B256), Block>,
     /// Votes and QCs for blocks not seen yet.
@@ -219,10 +249,14 @@ impl Engine {
             tree,
             high_qc,
             pools: BTreeMap::new(),
+            unverified: BTreeMap::new(),
+            unverified_len: 0,
+            verified: VerifiedCache::shared(VerifiedCache::DEFAULT_CAPACITY),
             votes_seen: HashMap::new(),
             proposals_seen: HashMap::new(),
             blocks_per_proposer: HashMap::new(),
             evidence: Vec::new(),
+            punished: HashSet::new(),
             orphans: BTreeMap::new(),
             early_votes: VecDeque::new(),
             early_qcs: VecDeque::new(),
@@ -240,6 +274,7 @@ impl Engine {
     /// Starts over from `root` (after range sync moved the store past the
     /// engine), keeping the key and its slashing-protection record.
     pub fn restart_from(&mut self, root: Root) {
+        let verified = self.verified.clone();
         let protection = std::mem::replace(
             &mut self.protection,
             Box::new(crate::slashing_protection::MemorySlashingProtection::default()),
@@ -251,6 +286,8 @@ impl Engine {
             protection,
             root,
         );
+        // Checks that passed stay valid whatever the root.
+        self.set_verified_cache(verified);
     }
 
     /// Evidence reported from outside (a light client that caught an
@@ -275,6 +312,15 @@ impl Engine {
             .ok_or("offender is not in the set")?;
         self.record_evidence(evidence, offender);
         Ok(())
+    }
+
+    /// Checks signatures through `cache` from now on: votes, QCs and seals
+    /// it holds are not paired again. A node keeps its own (the default); the
+    /// simulator gives all its nodes one, so each signature is checked once
+    /// per run. Only signatures that passed a check are ever added.
+    pub fn set_verified_cache(&mut self, cache: SharedVerifiedCache) {
+        self.tree.set_verified_cache(cache.clone());
+        self.verified = cache;
     }
 
     /// The finalized block and what a store keeps of it, to restart from.
@@ -356,6 +402,7 @@ impl Engine {
         self.now_ms = self.now_ms.max(now_ms);
         let slot = self.slot_at(self.now_ms);
         if slot > previous_slot {
+            self.check_all_deferred();
             self.request_missing();
         }
         if slot > self.last_proposed_slot
@@ -449,9 +496,22 @@ impl Engine {
                 transactions.push((tx, sender));
             }
         }
+        // Offences already punished on this branch would be refused after
+        // two pairings each: leave them out.
+        let mut punished = self.punished.clone();
+        let mut cursor = Some(parent);
+        while let Some(node) = cursor.filter(|n| n.hash() != self.tree.root().hash()) {
+            punished.extend(node.block.evidence.iter().map(offence_of));
+            cursor = self.tree.get(&node.block.header.parent_hash);
+        }
         let candidates = Candidates {
             transactions,
-            evidence: self.evidence.clone(),
+            evidence: self
+                .evidence
+                .iter()
+                .filter(|e| !punished.contains(&offence_of(e)))
+                .cloned()
+                .collect(),
         };
         let mut state = parent.state.clone();
         let built = execution::build_block(
@@ -571,6 +631,19 @@ impl Engine {
         for (epoch, vote) in votes {
             self.handle_vote(epoch, vote);
         }
+        // Votes that waited unverified for this block may now complete its QC.
+        let waiting: Vec<_> = self
+            .unverified
+            .keys()
+            .filter(|(_, h)| *h == hash)
+            .copied()
+            .collect();
+        for key in waiting {
+            let set = self.tree.get(&hash).map(|n| n.epoch_set.clone());
+            if set.is_some_and(|set| self.could_certify(key, &set)) {
+                self.check_deferred(key);
+            }
+        }
         let qcs: Vec<_> = self
             .early_qcs
             .iter()
@@ -684,8 +757,110 @@ impl Engine {
                 }
             },
         };
-        if vote.verify(&set, self.spec.chain_id).is_err() {
+        self.defer_vote(epoch, block_epoch, &set, vote);
+    }
+
+    /// Keeps a vote to verify later with others for the same block (one
+    /// pairing for all), unless it was verified before. A forged vote waits
+    /// beside the real one rather than in its place: nothing enters the pool
+    /// or the double-vote record before its check passes.
+    fn defer_vote(&mut self, epoch: u64, block_epoch: u64, set: &ValidatorSet, vote: Vote) {
+        let known = {
+            let entry = VerifiedCache::vote_key(&vote, set, self.spec.chain_id);
+            self.verified
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains(&entry)
+        };
+        if known {
+            self.accept_vote(epoch, block_epoch, set, vote);
             return;
+        }
+        let key = (vote.slot, vote.block_hash);
+        let waiting = self.unverified.entry(key).or_default();
+        if waiting.iter().any(|(_, v)| *v == vote) {
+            return;
+        }
+        waiting.push((epoch, vote));
+        self.unverified_len += 1;
+        if waiting.len() >= 2 * set.len()
+            || self.unverified_len > MAX_UNVERIFIED_VOTES
+            || self.could_certify(key, set)
+        {
+            self.check_deferred(key);
+        }
+    }
+
+    /// Whether the waiting votes for an uncertified block, if valid, would
+    /// bring its pool to a quorum.
+    fn could_certify(&self, key: (u64, B256), set: &ValidatorSet) -> bool {
+        if self.tree.get(&key.1).is_none_or(|n| n.qc.is_some()) {
+            return false;
+        }
+        let pool = self.pools.get(&key);
+        let mut stake = pool.map(|p| p.signed_stake()).unwrap_or_default();
+        let mut counted = std::collections::BTreeSet::new();
+        for (_, vote) in self.unverified.get(&key).into_iter().flatten() {
+            let index = vote.validator_index as usize;
+            if pool.is_some_and(|p| p.has_vote_of(index)) || !counted.insert(index) {
+                continue;
+            }
+            if let Some(validator) = set.get(index) {
+                stake += validator.stake;
+            }
+        }
+        set.is_quorum(stake)
+    }
+
+    /// Verifies the waiting votes for (slot, block) together and takes the
+    /// valid ones in.
+    fn check_deferred(&mut self, key: (u64, B256)) {
+        let Some(waiting) = self.unverified.remove(&key) else {
+            return;
+        };
+        self.unverified_len -= waiting.len();
+        // Against the block's set if it is known, else the set of the epoch
+        // each vote names (so a double vote is caught even when one of the
+        // two blocks never arrives).
+        let groups: Vec<(ValidatorSet, u64, Waiting)> = match self.tree.get(&key.1) {
+            Some(node) => vec![(node.epoch_set.clone(), node.block.header.epoch, waiting)],
+            None => {
+                let mut by_epoch: BTreeMap<u64, Waiting> = BTreeMap::new();
+                for (epoch, vote) in waiting {
+                    by_epoch.entry(epoch).or_default().push((epoch, vote));
+                }
+                by_epoch
+                    .into_iter()
+                    .filter_map(|(epoch, votes)| {
+                        Some((self.tree.set_of_epoch(epoch)?, epoch, votes))
+                    })
+                    .collect()
+            }
+        };
+        for (set, block_epoch, waiting) in groups {
+            let votes: Vec<Vote> = waiting.iter().map(|(_, v)| v.clone()).collect();
+            let verdicts = verify_votes_cached(&votes, &set, self.spec.chain_id, &self.verified);
+            for ((epoch, vote), valid) in waiting.into_iter().zip(verdicts) {
+                if valid {
+                    self.accept_vote(epoch, block_epoch, &set, vote);
+                }
+            }
+        }
+    }
+
+    /// Verifies every waiting vote (at each new slot: evidence must not wait
+    /// for a quorum that may never come).
+    fn check_all_deferred(&mut self) {
+        let keys: Vec<_> = self.unverified.keys().copied().collect();
+        for key in keys {
+            self.check_deferred(key);
+        }
+    }
+
+    /// A verified vote: double-vote detection, then aggregation.
+    fn accept_vote(&mut self, epoch: u64, block_epoch: u64, set: &ValidatorSet, vote: Vote) {
+        if vote.slot <= self.tree.root().block.header.slot {
+            return; // finalized while it waited
         }
         let voter = set.validators()[vote.validator_index as usize].public_key;
         match self.votes_seen.get(&(vote.slot, voter)) {
@@ -714,15 +889,15 @@ impl Engine {
         let pool = self
             .pools
             .entry((vote.slot, vote.block_hash))
-            .or_insert_with(|| QcBuilder::new(vote.slot, vote.block_hash, &set));
-        if pool.add_verified_vote(&vote, &set).is_err() {
+            .or_insert_with(|| QcBuilder::new(vote.slot, vote.block_hash, set));
+        if pool.add_verified_vote(&vote, set).is_err() {
             return;
         }
         let certified = self
             .tree
             .get(&vote.block_hash)
             .is_some_and(|n| n.qc.is_some());
-        if !certified && let Some(qc) = pool.certificate(&set) {
+        if !certified && let Some(qc) = pool.certificate(set) {
             self.actions
                 .push_back(Action::Broadcast(Message::Certificate(qc.clone())));
             self.handle_certificate(qc, true);
@@ -749,7 +924,9 @@ impl Engine {
         }
         if !verified
             && (qc.slot != node.block.header.slot
-                || qc.verify(&node.epoch_set, self.spec.chain_id).is_err())
+                || qc
+                    .verify_cached(&node.epoch_set, self.spec.chain_id, &self.verified)
+                    .is_err())
         {
             return;
         }
@@ -773,6 +950,8 @@ impl Engine {
         let root_number = self.tree.root().block.header.number;
         self.orphans.retain(|(number, _), _| *number > root_number);
         self.pools.retain(|(slot, _), _| *slot > root_slot);
+        self.unverified.retain(|(slot, _), _| *slot > root_slot);
+        self.unverified_len = self.unverified.values().map(Vec::len).sum();
         self.votes_seen.retain(|(slot, _), _| *slot > root_slot);
         self.proposals_seen.retain(|(slot, _), _| *slot > root_slot);
         self.blocks_per_proposer
@@ -787,7 +966,13 @@ impl Engine {
             .rotation()
             .current_epoch()
             .saturating_sub(1);
-        self.evidence.retain(|e| e.epoch() >= oldest);
+        for block in &finalized {
+            self.punished.extend(block.evidence.iter().map(offence_of));
+        }
+        self.punished.retain(|(epoch, _, _)| *epoch >= oldest);
+        let punished = &self.punished;
+        self.evidence
+            .retain(|e| e.epoch() >= oldest && !punished.contains(&offence_of(e)));
         let root_state = &self.tree.root().state;
         for block in &finalized {
             for tx in &block.transactions {
@@ -892,6 +1077,65 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_vote_never_shadows_the_real_one() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let slot = 1;
+        let proposer = set.proposer_index(slot) as u32;
+        let [o, x, y] = [1, 2, 3].map(|k| (proposer + k) % 4);
+        let now = 1000 * spec.genesis_timestamp + slot * spec.slot_duration_ms + 200;
+        let mut proposing = engine(
+            &spec,
+            proposer,
+            Box::new(MemorySlashingProtection::default()),
+        );
+        proposing.handle_tick(now);
+        let block = drain(&mut proposing)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Broadcast(Message::Proposal(b)) => Some(*b),
+                _ => None,
+            })
+            .unwrap();
+        let hash = block.hash();
+        let cache = VerifiedCache::shared(64);
+        let mut observer = engine(&spec, o, Box::new(MemorySlashingProtection::default()));
+        observer.set_verified_cache(cache.clone());
+        observer.handle_tick(now);
+        observer.handle_message(Message::Proposal(Box::new(block)));
+        let vote = |i: u32| Vote::sign(&devnet_validator_key(i), spec.chain_id, slot, hash, i);
+        let mut forged = vote(x);
+        forged.signature = vote(y).signature; // y's signature, claimed for x
+        let certificates = |actions: Vec<Action>| -> Vec<QuorumCert> {
+            actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Broadcast(Message::Certificate(qc)) => Some(qc),
+                    _ => None,
+                })
+                .collect()
+        };
+        for v in [forged.clone(), vote(y)] {
+            observer.handle_message(Message::Vote { epoch: 0, vote: v });
+        }
+        assert!(
+            certificates(drain(&mut observer)).is_empty(),
+            "own vote, y and a forgery for x are not a quorum"
+        );
+        assert!(forged.verify_cached(&set, spec.chain_id, &cache).is_err());
+        observer.handle_message(Message::Vote {
+            epoch: 0,
+            vote: vote(x),
+        });
+        let qcs = certificates(drain(&mut observer));
+        assert_eq!(qcs.len(), 1, "x's real vote completes the QC");
+        let signers: Vec<usize> = qcs[0].signers.signers().collect();
+        assert_eq!(signers.len(), 3);
+        qcs[0].verify(&set, spec.chain_id).unwrap();
+        assert_eq!(observer.block(&hash).unwrap().qc.as_ref(), Some(&qcs[0]));
+    }
+
+    #[test]
     fn a_second_instance_with_the_same_protection_database_cannot_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("protection");
@@ -919,6 +1163,8 @@ mod tests {
         });
         observer.handle_message(Message::Vote { epoch: 0, vote: a });
         observer.handle_message(Message::Vote { epoch: 0, vote: b });
+        // Votes wait to be verified together; the slot's end checks them all.
+        observer.handle_tick(4 * spec.slot_duration_ms);
         let accused: Vec<_> = drain(&mut observer)
             .into_iter()
             .filter_map(|a| match a {

@@ -472,11 +472,6 @@ fn members_of_epoch(state: &ChainState, epoch: u64) -> Option<&[Validator]> {
     }
 }
 
-/// The validator set of `epoch` from the state (see [`members_of_epoch`]).
-fn set_from_state(state: &ChainState, epoch: u64) -> Option<ValidatorSet> {
-    ValidatorSet::new(members_of_epoch(state, epoch)?.to_vec()).ok()
-}
-
 /// The owner of member `index` of `epoch`'s set, from the state.
 fn member_owner(state: &ChainState, epoch: u64, index: u32) -> Option<Address> {
     members_of_epoch(state, epoch)?
@@ -500,16 +495,21 @@ fn apply_evidence(
         .rotation()
         .check_evidence_age(epoch)
         .map_err(|e| e.to_string())?;
-    let set = set_from_state(state, epoch).ok_or_else(|| {
+    let members = members_of_epoch(state, epoch).ok_or_else(|| {
         format!(
             "evidence about epoch {epoch}: only the current and the previous epoch can be proven"
         )
     })?;
-    let offender = evidence.verify(&set, chain_id).map_err(|e| e.to_string())?;
-    let slot = match evidence {
-        Evidence::DoubleVote(e) => e.first.slot,
-        Evidence::DoubleProposal(e) => e.first.slot,
+    // The cheap rules first: refusing evidence of an offence already
+    // punished, or of a validator with nothing left, costs no pairing.
+    let (index, slot) = match evidence {
+        Evidence::DoubleVote(e) => (e.first.validator_index, e.first.slot),
+        Evidence::DoubleProposal(e) => (e.first.proposer_index, e.first.slot),
     };
+    let (offender, stake) = members
+        .get(index as usize)
+        .map(|v| (v.owner, v.stake))
+        .ok_or_else(|| format!("evidence names member {index}, outside its epoch's set"))?;
     let nominal = spec_epoch_of(state, slot);
     if epoch > nominal {
         return Err(format!(
@@ -523,18 +523,20 @@ fn apply_evidence(
             "offence of {offender} at slot {slot} was already punished"
         ));
     }
-    let stake = set
-        .validators()
-        .iter()
-        .find(|v| v.owner == offender)
-        .map(|v| v.stake);
-    let penalty = stake.unwrap_or_default() / U256::from(SLASH_DIVISOR);
+    let penalty = stake / U256::from(SLASH_DIVISOR);
     let taken = rotation
         .slash_validator(&offender, penalty)
         .unwrap_or_default();
     if taken.is_zero() {
         return Err(format!("{offender} has no stake left to slash"));
     }
+    // Then the signatures (two pairings), which name the same member.
+    let set = ValidatorSet::new(members.to_vec()).map_err(|e| e.to_string())?;
+    let signer = evidence.verify(&set, chain_id).map_err(|e| e.to_string())?;
+    debug_assert_eq!(
+        signer, offender,
+        "verify checks the member the evidence names"
+    );
     *state.rotation_mut() = rotation;
     assert!(
         state.debit(STAKING_ADDRESS, taken),

@@ -16,6 +16,8 @@ use alloy_primitives::{B256, Bytes, U256, keccak256};
 use alloy_rlp::{RlpDecodable, RlpDecodableWrapper, RlpEncodable, RlpEncodableWrapper};
 use blst::min_pk::{AggregatePublicKey, AggregateSignature, PublicKey, Signature};
 use blst::{BLST_ERROR, MultiPoint, Pairing, blst_fp12, blst_p1_affine, blst_p2_affine};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 /// Which members of a set signed: bit `i` (byte `i / 8`, bit `i % 8`, least
 /// significant first) stands for validator `i`.
@@ -474,6 +476,11 @@ impl QcBuilder {
         Ok(())
     }
 
+    /// Whether validator `index`'s vote is in.
+    pub fn has_vote_of(&self, index: usize) -> bool {
+        self.signers.get(index)
+    }
+
     /// Stake of the votes collected so far.
     pub fn signed_stake(&self) -> U256 {
         self.signed_stake
@@ -491,5 +498,395 @@ impl QcBuilder {
             signers: self.signers.clone(),
             signature: BlsSignature::from(signature),
         })
+    }
+}
+
+/// A bounded memory of signatures that already passed verification, so that
+/// one seen again is not paired again: a node receives the same vote by
+/// gossip and inside a QC, the same QC on its own and in the next header;
+/// the simulator shares one cache between all its nodes.
+///
+/// An entry is the keccak256 of everything the verdict depends on: the kind
+/// of check, the signing root (chain, domain, slot, block), the validator
+/// set's hash (which commits to every key and stake), the signers (an index
+/// or a bitfield) and the signature bytes. Entries are added only after a
+/// check passed, so a forged signature never hits; the oldest entry makes
+/// room for a new one past `capacity`.
+#[derive(Debug)]
+pub struct VerifiedCache {
+    capacity: usize,
+    keys: HashSet<B256>,
+    order: VecDeque<B256>,
+    hits: u64,
+}
+
+/// A [`VerifiedCache`] that several verifiers (engines, threads) share.
+pub type SharedVerifiedCache = Arc<Mutex<VerifiedCache>>;
+
+impl VerifiedCache {
+    /// Entries a node keeps by default: several thousand slots of votes,
+    /// QCs and seals for a set of 100, in about 1 MiB.
+    pub const DEFAULT_CAPACITY: usize = 16_384;
+
+    /// An empty cache holding at most `capacity` entries (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            keys: HashSet::new(),
+            order: VecDeque::new(),
+            hits: 0,
+        }
+    }
+
+    /// An empty cache ready to share.
+    pub fn shared(capacity: usize) -> SharedVerifiedCache {
+        Arc::new(Mutex::new(Self::new(capacity)))
+    }
+
+    /// Whether `key` passed before (counts a hit).
+    pub fn contains(&mut self, key: &B256) -> bool {
+        let hit = self.keys.contains(key);
+        self.hits += u64::from(hit);
+        hit
+    }
+
+    /// Records that the check named by `key` passed.
+    pub fn insert(&mut self, key: B256) {
+        if !self.keys.insert(key) {
+            return;
+        }
+        self.order.push_back(key);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Checks answered from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// The entry for `vote` checked against `set`.
+    pub fn vote_key(vote: &Vote, set: &ValidatorSet, chain_id: u64) -> B256 {
+        let root = bls::vote_signing_root(chain_id, vote.slot, &vote.block_hash);
+        Self::signature_key(&root, set, vote.validator_index, &vote.signature)
+    }
+
+    /// The entry for one signature by member `index` of `set` over `root`
+    /// (a vote, a proposer's seal).
+    pub fn signature_key(
+        root: &B256,
+        set: &ValidatorSet,
+        index: u32,
+        signature: &BlsSignature,
+    ) -> B256 {
+        let mut buf = Vec::with_capacity(1 + 32 + 32 + 96 + 4);
+        buf.push(b'S');
+        buf.extend_from_slice(root.as_slice());
+        buf.extend_from_slice(set.hash().as_slice());
+        buf.extend_from_slice(signature.as_slice());
+        buf.extend_from_slice(&index.to_be_bytes());
+        keccak256(buf)
+    }
+
+    /// The entry for `qc` checked against `set` (structure, stake and signature).
+    pub fn qc_key(qc: &QuorumCert, set: &ValidatorSet, chain_id: u64) -> B256 {
+        let bits = qc.signers.as_bytes();
+        let mut buf = Vec::with_capacity(1 + 32 + 32 + 96 + bits.len());
+        buf.push(b'Q');
+        buf.extend_from_slice(qc.signing_root(chain_id).as_slice());
+        buf.extend_from_slice(set.hash().as_slice());
+        buf.extend_from_slice(qc.signature.as_slice());
+        buf.extend_from_slice(bits);
+        keccak256(buf)
+    }
+
+    /// Runs `check` unless `key` passed before; remembers `key` if it passes now.
+    pub fn check<T, E>(
+        cache: &Mutex<Self>,
+        key: B256,
+        on_hit: impl FnOnce() -> T,
+        check: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        if lock(cache).contains(&key) {
+            return Ok(on_hit());
+        }
+        let verdict = check()?;
+        lock(cache).insert(key);
+        Ok(verdict)
+    }
+}
+
+/// The cache holds only keys of passed checks, so a panic elsewhere while
+/// it was locked leaves nothing wrong in it.
+fn lock(cache: &Mutex<VerifiedCache>) -> std::sync::MutexGuard<'_, VerifiedCache> {
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Vote {
+    /// [`Vote::verify`] through `cache`.
+    pub fn verify_cached(
+        &self,
+        set: &ValidatorSet,
+        chain_id: u64,
+        cache: &Mutex<VerifiedCache>,
+    ) -> Result<(), QcError> {
+        let key = VerifiedCache::vote_key(self, set, chain_id);
+        VerifiedCache::check(cache, key, || (), || self.verify(set, chain_id))
+    }
+}
+
+impl QuorumCert {
+    /// [`QuorumCert::verify`] through `cache`.
+    pub fn verify_cached(
+        &self,
+        set: &ValidatorSet,
+        chain_id: u64,
+        cache: &Mutex<VerifiedCache>,
+    ) -> Result<U256, QcError> {
+        let key = VerifiedCache::qc_key(self, set, chain_id);
+        let stake = || {
+            self.signers
+                .signers()
+                .filter_map(|i| set.get(i))
+                .map(|v| v.stake)
+                .sum()
+        };
+        VerifiedCache::check(cache, key, stake, || self.verify(set, chain_id))
+    }
+}
+
+/// Verifies many votes of one set at once: votes for the same (slot, block)
+/// share one pairing check, `e(Σ rᵢ·pkᵢ, H(m)) = e(g₁, Σ rᵢ·σᵢ)`, instead of
+/// one each. Returns each vote's verdict, in order.
+///
+/// The 128-bit weights `rᵢ` are derived from the whole group (signing root,
+/// voters and signatures), so whoever chose the votes cannot make invalid
+/// signatures cancel out (a plain sum would accept `σ₁ + δ` and `σ₂ − δ`):
+/// a group passes only if every member is valid, up to a 2⁻¹²⁸ chance per
+/// attempt. When a group fails, its votes are checked one by one, so a
+/// forged vote costs its sender nothing and never hides a valid one.
+/// Votes found in `cache` are not checked again; those that pass are added.
+pub fn verify_votes_cached(
+    votes: &[Vote],
+    set: &ValidatorSet,
+    chain_id: u64,
+    cache: &Mutex<VerifiedCache>,
+) -> Vec<bool> {
+    let keys: Vec<B256> = votes
+        .iter()
+        .map(|v| VerifiedCache::vote_key(v, set, chain_id))
+        .collect();
+    let mut verdicts: Vec<Option<bool>> = {
+        let mut cache = lock(cache);
+        keys.iter()
+            .map(|k| cache.contains(k).then_some(true))
+            .collect()
+    };
+    // Group the rest by what they sign, in first-seen order.
+    let mut groups: Vec<(u64, B256, Vec<usize>)> = Vec::new();
+    for (i, vote) in votes.iter().enumerate() {
+        if verdicts[i].is_some() {
+            continue;
+        }
+        match groups
+            .iter_mut()
+            .find(|(slot, hash, _)| *slot == vote.slot && *hash == vote.block_hash)
+        {
+            Some((_, _, members)) => members.push(i),
+            None => groups.push((vote.slot, vote.block_hash, vec![i])),
+        }
+    }
+    for (_, _, members) in groups {
+        let group: Vec<&Vote> = members.iter().map(|i| &votes[*i]).collect();
+        let all_valid = group.len() > 1 && same_root_batch_holds(&group, set, chain_id);
+        for i in members {
+            let valid = all_valid || votes[i].verify(set, chain_id).is_ok();
+            verdicts[i] = Some(valid);
+        }
+    }
+    let mut cache = lock(cache);
+    verdicts
+        .into_iter()
+        .zip(keys)
+        .map(|(verdict, key)| {
+            let valid = verdict.expect("every vote was judged");
+            if valid {
+                cache.insert(key);
+            }
+            valid
+        })
+        .collect()
+}
+
+/// The randomized same-message check behind [`verify_votes_cached`]: false
+/// if any signature is malformed, outside the subgroup, or does not verify.
+fn same_root_batch_holds(votes: &[&Vote], set: &ValidatorSet, chain_id: u64) -> bool {
+    let first = votes[0];
+    let root = bls::vote_signing_root(chain_id, first.slot, &first.block_hash);
+    let mut keys = Vec::with_capacity(votes.len());
+    let mut signatures = Vec::with_capacity(votes.len());
+    let mut transcript = Vec::with_capacity(32 + votes.len() * 100);
+    transcript.extend_from_slice(root.as_slice());
+    transcript.extend_from_slice(set.hash().as_slice());
+    for vote in votes {
+        let Some(key) = set.decoded_keys().get(vote.validator_index as usize) else {
+            return false;
+        };
+        let Ok(signature) = bls::decode_signature(&vote.signature) else {
+            return false;
+        };
+        keys.push(*key);
+        signatures.push(signature);
+        transcript.extend_from_slice(&vote.validator_index.to_be_bytes());
+        transcript.extend_from_slice(vote.signature.as_slice());
+    }
+    if signatures.validate().is_err() {
+        return false; // not in the subgroup (or the identity)
+    }
+    let seed = keccak256(&transcript);
+    let mut scalars = Vec::with_capacity(votes.len() * 16);
+    for i in 0..votes.len() {
+        let mut input = [0u8; 40];
+        input[..32].copy_from_slice(seed.as_slice());
+        input[32..].copy_from_slice(&(i as u64).to_le_bytes());
+        let mut r: [u8; 16] = keccak256(input)[..16].try_into().expect("16 bytes");
+        if r == [0; 16] {
+            r[0] = 1;
+        }
+        scalars.extend_from_slice(&r);
+    }
+    let aggregate_key = keys.mult(&scalars, 128).to_public_key();
+    let aggregate_signature = signatures.mult(&scalars, 128).to_signature();
+    aggregate_signature.verify(
+        false, // every signature was subgroup-checked above
+        root.as_slice(),
+        SIGNATURE_DST,
+        &[],
+        &aggregate_key,
+        false,
+    ) == BLST_ERROR::BLST_SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChainSpec;
+    use crate::chain_spec::devnet_validator_key;
+
+    fn votes(spec: &ChainSpec, block: B256, voters: std::ops::Range<u32>) -> Vec<Vote> {
+        voters
+            .map(|i| Vote::sign(&devnet_validator_key(i), spec.chain_id, 1, block, i))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_of_valid_votes_passes_and_is_remembered() {
+        let spec = ChainSpec::devnet(7);
+        let set = spec.genesis_set().unwrap();
+        let mut all = votes(&spec, B256::repeat_byte(1), 0..5);
+        all.extend(votes(&spec, B256::repeat_byte(2), 5..7));
+        let cache = Mutex::new(VerifiedCache::new(64));
+        assert_eq!(
+            verify_votes_cached(&all, &set, spec.chain_id, &cache),
+            vec![true; 7]
+        );
+        assert_eq!(cache.lock().unwrap().len(), 7);
+        verify_votes_cached(&all, &set, spec.chain_id, &cache);
+        assert_eq!(
+            cache.lock().unwrap().hits(),
+            7,
+            "the second pass pairs nothing"
+        );
+    }
+
+    #[test]
+    fn canceling_forgeries_do_not_pass_a_batch() {
+        // σ₁ + δ and σ₂ − δ keep the plain sum valid; the weighted check must not.
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let block = B256::repeat_byte(3);
+        let mut batch = votes(&spec, block, 0..3);
+        let delta = devnet_validator_key(3).sign(&B256::repeat_byte(9));
+        let delta = bls::decode_signature(&delta).unwrap();
+        let shift = |vote: &mut Vote, negate: bool| {
+            let sig = bls::decode_signature(&vote.signature).unwrap();
+            let mut point = blst::blst_p2::default();
+            let mut d = blst::blst_p2::default();
+            let (sig_affine, delta_affine): (&blst_p2_affine, &blst_p2_affine) =
+                ((&sig).into(), (&delta).into());
+            unsafe {
+                blst::blst_p2_from_affine(&mut point, sig_affine);
+                blst::blst_p2_from_affine(&mut d, delta_affine);
+                if negate {
+                    blst::blst_p2_cneg(&mut d, true);
+                }
+                let sum = point;
+                blst::blst_p2_add_or_double(&mut point, &sum, &d);
+            }
+            let shifted = AggregateSignature::from(point).to_signature();
+            vote.signature = BlsSignature::from(shifted.compress());
+        };
+        shift(&mut batch[0], false);
+        shift(&mut batch[1], true);
+        // The plain aggregate still verifies: the attack is real.
+        let mut plain = QcBuilder::new(1, block, &set);
+        for vote in &batch {
+            plain.add_verified_vote(vote, &set).unwrap();
+        }
+        let qc = plain.certificate(&set).unwrap();
+        assert!(qc.verify(&set, spec.chain_id).is_ok());
+
+        let cache = Mutex::new(VerifiedCache::new(64));
+        let verdicts = verify_votes_cached(&batch, &set, spec.chain_id, &cache);
+        assert_eq!(verdicts, vec![false, false, true]);
+        assert_eq!(
+            cache.lock().unwrap().len(),
+            1,
+            "only the valid vote is remembered"
+        );
+    }
+
+    #[test]
+    fn a_forged_signature_never_enters_the_cache() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let cache = Mutex::new(VerifiedCache::new(64));
+        let block = B256::repeat_byte(4);
+        let mut forged = votes(&spec, block, 1..2).remove(0);
+        forged.signature = votes(&spec, block, 2..3).remove(0).signature; // voter 2's signature, claimed by 1
+        for _ in 0..2 {
+            assert!(forged.verify_cached(&set, spec.chain_id, &cache).is_err());
+        }
+        assert!(cache.lock().unwrap().is_empty());
+        let real = votes(&spec, block, 1..2).remove(0);
+        real.verify_cached(&set, spec.chain_id, &cache).unwrap();
+        assert!(forged.verify_cached(&set, spec.chain_id, &cache).is_err());
+        assert_eq!(cache.lock().unwrap().hits(), 0);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut cache = VerifiedCache::new(3);
+        for i in 0..10u8 {
+            cache.insert(B256::repeat_byte(i));
+        }
+        assert_eq!(cache.len(), 3);
+        assert!(cache.contains(&B256::repeat_byte(9)));
+        assert!(!cache.contains(&B256::repeat_byte(0)));
     }
 }

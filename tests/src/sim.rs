@@ -15,6 +15,7 @@ use luxtensor_full::slashing_protection::{
 };
 use luxtensor_full::staking::{STAKING_ADDRESS, request_exit_calldata, stake_calldata};
 use luxtensor_light::chain_spec::{DEV_ACCOUNTS, TOKEN, devnet_validator_key};
+use luxtensor_light::qc::{SharedVerifiedCache, VerifiedCache};
 use luxtensor_light::{Block, ChainSpec, Vote};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -182,6 +183,8 @@ struct Persisted {
 
 struct SimNode {
     key_index: u32,
+    /// Its validator key (derived once: accusations are matched against it).
+    public_key: luxtensor_light::BlsPublicKey,
     engine: Option<Engine>,
     persisted: Persisted,
     byzantine: Option<Byzantine>,
@@ -233,6 +236,9 @@ pub struct Simulation {
     config: SimConfig,
     spec: ChainSpec,
     consensus: ConsensusConfig,
+    /// One cache of verified signatures for all nodes: each vote, QC and
+    /// seal is paired once per run instead of once per node.
+    verified: SharedVerifiedCache,
     rng: Rng,
     nodes: Vec<SimNode>,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
@@ -258,19 +264,22 @@ impl Simulation {
         let consensus = ConsensusConfig::for_slot(config.slot_ms);
         // One extra node: the newcomer that stakes during the run (an observer until then).
         let total = config.validators + usize::from(config.staking);
+        let verified = VerifiedCache::shared(VerifiedCache::DEFAULT_CAPACITY);
         let nodes = (0..total)
             .map(|i| {
                 let protection = SharedProtection::default();
                 let root = Root::genesis(&spec);
-                let engine = Engine::new(
+                let mut engine = Engine::new(
                     spec.clone(),
                     consensus.clone(),
                     Some(devnet_validator_key(i as u32)),
                     Box::new(protection.clone()),
                     root.clone(),
                 );
+                engine.set_verified_cache(verified.clone());
                 SimNode {
                     key_index: i as u32,
+                    public_key: devnet_validator_key(i as u32).public_key(),
                     engine: Some(engine),
                     persisted: Persisted {
                         finalized: vec![root.block.clone()],
@@ -296,6 +305,7 @@ impl Simulation {
             config,
             spec,
             consensus,
+            verified,
             rng,
             nodes,
             queue: BinaryHeap::new(),
@@ -442,10 +452,7 @@ impl Simulation {
                     if self.nodes[i].byzantine.is_some() {
                         continue; // only honest observers count
                     }
-                    let accused = self
-                        .nodes
-                        .iter()
-                        .position(|n| devnet_validator_key(n.key_index).public_key() == offender);
+                    let accused = self.nodes.iter().position(|n| n.public_key == offender);
                     match accused {
                         Some(a) if self.nodes[a].byzantine.is_some() => self.nodes[a].caught = true,
                         Some(_) => self.honest_accused = self.honest_accused.or(Some(offender)),
@@ -573,13 +580,15 @@ impl Simulation {
                 Event::Restart(i) => {
                     let node = &mut self.nodes[i];
                     if node.engine.is_none() {
-                        node.engine = Some(Engine::new(
+                        let mut engine = Engine::new(
                             self.spec.clone(),
                             self.consensus.clone(),
                             Some(devnet_validator_key(node.key_index)),
                             Box::new(node.persisted.protection.clone()),
                             node.persisted.root.clone(),
-                        ));
+                        );
+                        engine.set_verified_cache(self.verified.clone());
+                        node.engine = Some(engine);
                     }
                 }
             }
