@@ -164,8 +164,12 @@ fn first_block_of_epoch(chain: &Importer, epoch: u64) -> Result<Option<u64>, Rpc
 #[serde(rename_all = "camelCase")]
 struct UpdateJson {
     epoch: U64,
-    certified_header: CertifiedJson,
-    next_validator_set: SetJson,
+    /// Readable views, only when asked for (`verbose`): the RLP alone keeps
+    /// the bytes per epoch in proportion to what changed in the set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certified_header: Option<CertifiedJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_validator_set: Option<SetJson>,
     /// RLP of the light client's `EpochUpdate` (`[certified_header, next_set]`).
     rlp: Bytes,
 }
@@ -176,6 +180,7 @@ fn epoch_update(
     state: &RpcState,
     chain: &Importer,
     epoch: u64,
+    verbose: bool,
 ) -> Result<Option<UpdateJson>, RpcError> {
     let Some(first_next) = first_block_of_epoch(chain, epoch + 1)? else {
         return Ok(None);
@@ -202,8 +207,8 @@ fn epoch_update(
     let update = EpochUpdate::new(certified.clone(), &set_e, &set_next);
     Ok(Some(UpdateJson {
         epoch: U64::from(epoch),
-        certified_header: certified_json(state, chain, &certified),
-        next_validator_set: set_json(epoch + 1, &set_next),
+        certified_header: verbose.then(|| certified_json(state, chain, &certified)),
+        next_validator_set: verbose.then(|| set_json(epoch + 1, &set_next)),
         rlp: update.encode_to_vec().into(),
     }))
 }
@@ -242,9 +247,18 @@ pub(crate) fn call(state: &RpcState, method: &str, p: &Params<'_>) -> Result<Str
             }
         }
         "lux_getEpochUpdates" => {
-            p.at_most(2)?;
+            p.at_most(3)?;
             let from = epoch_param(p, 0)?;
             let count = epoch_param(p, 1)?;
+            let verbose = match p.get(2) {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(verbose)) => *verbose,
+                Some(_) => {
+                    return Err(RpcError::InvalidParams(
+                        "invalid argument 2: expected a boolean (verbose)".into(),
+                    ));
+                }
+            };
             if count > state.limits.max_epoch_updates {
                 return Err(RpcError::LimitExceeded(format!(
                     "at most {} epoch updates per call, {count} asked",
@@ -254,7 +268,7 @@ pub(crate) fn call(state: &RpcState, method: &str, p: &Params<'_>) -> Result<Str
             let chain = state.read();
             let mut updates = Vec::new();
             for epoch in from..from.saturating_add(count) {
-                match epoch_update(state, &chain, epoch)? {
+                match epoch_update(state, &chain, epoch, verbose)? {
                     Some(update) => updates.push(update),
                     None => break,
                 }
