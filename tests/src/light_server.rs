@@ -328,17 +328,21 @@ impl Shared {
         })
     }
 
-    fn update_json(&self, epoch: u64) -> Value {
+    /// As the node serves it: compact (`{epoch, rlp}`) unless `verbose`.
+    fn update_json(&self, epoch: u64, verbose: bool) -> Value {
         let mut update = self.chain.updates[epoch as usize].clone();
         let slot = update.slot();
         update.header.header = self.served_header(slot);
         update.header.qc = self.tamper(&update.header.qc);
-        json!({
+        let mut value = json!({
             "epoch": format!("{epoch:#x}"),
-            "certifiedHeader": self.certified_json(slot),
-            "nextValidatorSet": self.set_json(epoch + 1),
             "rlp": Bytes::from(update.encode_to_vec()),
-        })
+        });
+        if verbose {
+            value["certifiedHeader"] = self.certified_json(slot);
+            value["nextValidatorSet"] = self.set_json(epoch + 1);
+        }
+        value
     }
 
     /// Answers one request (`None`: an unknown request, answered with an error).
@@ -364,8 +368,9 @@ impl Shared {
                 }
                 let head_epoch = self.chain.at_slot(head.max(1)).header.epoch;
                 let last = from.saturating_add(count).min(head_epoch);
+                let verbose = params.get(2) == Some(&Value::Bool(true));
                 Ok(Value::Array(
-                    (from..last).map(|e| self.update_json(e)).collect(),
+                    (from..last).map(|e| self.update_json(e, verbose)).collect(),
                 ))
             }
             "lux_getCertifiedHeader" => {
