@@ -3,13 +3,17 @@
 //! certified headers built with the real signing code.
 
 pub mod bench;
+pub mod chain_fixture;
 pub mod light_bench;
 pub mod light_chain;
 pub mod light_server;
+pub mod node_process;
 pub mod producer;
 pub mod rpc_bench;
 pub mod rpc_support;
 pub mod sim;
+pub mod sync_bench;
+pub mod sync_nodes;
 pub mod wallet;
 
 use luxtensor_light::chain_spec::{self, GenesisValidator, TOKEN};

@@ -160,6 +160,8 @@ pub struct Node {
     genesis_hash: B256,
     last_progress_log_ms: u64,
     delayed: serve::DelayedReplies<(ResponseChannel<Vec<u8>>, SyncResponse)>,
+    /// Requests a silent test node never answers (see [`ByzantineServing::Silent`]).
+    unanswered: std::collections::VecDeque<ResponseChannel<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -225,6 +227,7 @@ impl Node {
             genesis_hash,
             last_progress_log_ms: 0,
             delayed: Default::default(),
+            unanswered: Default::default(),
         })
     }
 
@@ -348,6 +351,12 @@ impl Node {
                 request, channel, ..
             } => {
                 let Some(response) = self.answer(&request) else {
+                    // A silent test node holds the request open (bounded)
+                    // until the asker gives up on it.
+                    if self.unanswered.len() >= serve::MAX_DELAYED {
+                        self.unanswered.pop_front();
+                    }
+                    self.unanswered.push_back(channel);
                     return Ok(());
                 };
                 match self.config.serve_throttle {

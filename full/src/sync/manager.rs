@@ -75,6 +75,11 @@ pub struct SyncManager {
     peers: HashMap<PeerId, u64>,
     requests: HashMap<OutboundRequestId, (PeerId, Tag)>,
     headers_in_flight: bool,
+    /// Header requests that failed (no answer, empty, wrong or refused
+    /// headers) per peer since its last good answer: headers go to the peer
+    /// with the fewest, so a best peer that does not serve headers is not
+    /// asked forever.
+    header_failures: HashMap<PeerId, u32>,
     /// Who served the headers starting at each number (to blame on import failure).
     header_sources: BTreeMap<u64, PeerId>,
     /// The queued headers, as their header peer served them: a body peer
@@ -102,6 +107,7 @@ impl SyncManager {
             peers: HashMap::new(),
             requests: HashMap::new(),
             headers_in_flight: false,
+            header_failures: HashMap::new(),
             header_sources: BTreeMap::new(),
             headers: BTreeMap::new(),
             anchor: (0, B256::ZERO),
@@ -133,6 +139,7 @@ impl SyncManager {
     /// A peer left: its batches go back to the queue.
     pub fn remove_peer(&mut self, peer: &PeerId) {
         self.peers.remove(peer);
+        self.header_failures.remove(peer);
         self.protocol.remove_peer(peer);
         let lost: Vec<OutboundRequestId> = self
             .requests
@@ -144,6 +151,24 @@ impl SyncManager {
             if let Some((_, Tag::Headers(_))) = self.requests.remove(&id) {
                 self.headers_in_flight = false;
             }
+        }
+    }
+
+    /// Who to ask for headers from `next` on, and how far its chain reaches.
+    fn header_peer(&self, next: u64) -> Option<(PeerId, u64)> {
+        self.peers
+            .iter()
+            .filter(|(_, best)| **best >= next)
+            .min_by_key(|(peer, best)| {
+                let failures = self.header_failures.get(*peer).copied().unwrap_or(0);
+                (failures, std::cmp::Reverse(**best), **peer)
+            })
+            .map(|(p, b)| (*p, *b))
+    }
+
+    fn header_failed(&mut self, peer: PeerId) {
+        if self.peers.contains_key(&peer) {
+            *self.header_failures.entry(peer).or_default() += 1;
         }
     }
 
@@ -177,13 +202,14 @@ impl SyncManager {
         for (peer, id) in self.protocol.check_timeouts(now_ms) {
             tracing::debug!(%peer, ?id, "sync batch timed out");
         }
-        // Headers: one request at a time, from the best peer.
+        // Headers: one request at a time, from the peer that failed to serve
+        // headers least often, then the best one.
         let next_header = self
             .protocol
             .last_queued()
             .map_or(head.number + 1, |(number, _)| number + 1);
         let room = self.protocol.queue_capacity();
-        if let Some((peer, target)) = best
+        if let Some((peer, target)) = self.header_peer(next_header)
             && !self.headers_in_flight
             && next_header <= target
             && room > 0
@@ -238,8 +264,10 @@ impl SyncManager {
                     return vec![];
                 }
                 if headers.is_empty() {
+                    self.header_failed(peer);
                     penalties.push((peer, Misbehaviour::ShortResponse));
                 } else if headers[0].header.number != start {
+                    self.header_failed(peer);
                     penalties.push((peer, Misbehaviour::ProtocolViolation));
                 } else if self.protocol.last_queued().is_none()
                     && (start != self.anchor.0 + 1
@@ -250,6 +278,7 @@ impl SyncManager {
                 } else {
                     match self.protocol.queue_headers(&headers) {
                         Ok(_) => {
+                            self.header_failures.remove(&peer);
                             self.header_sources.insert(start, peer);
                             for header in headers {
                                 self.headers.insert(header.header.number, header);
@@ -257,6 +286,7 @@ impl SyncManager {
                         }
                         Err(error) => {
                             tracing::debug!(%peer, %error, "headers refused");
+                            self.header_failed(peer);
                             penalties.push((peer, Misbehaviour::InvalidData));
                         }
                     }
@@ -269,6 +299,7 @@ impl SyncManager {
             }
             (Tag::Headers(_), _) => {
                 self.headers_in_flight = false;
+                self.header_failed(peer);
                 penalties.push((peer, Misbehaviour::ProtocolViolation));
             }
             (Tag::Batch(batch), _) => {
@@ -283,7 +314,10 @@ impl SyncManager {
     /// One of our requests failed on the network.
     pub fn on_failure(&mut self, peer: PeerId, id: OutboundRequestId) {
         match self.requests.remove(&id) {
-            Some((_, Tag::Headers(_))) => self.headers_in_flight = false,
+            Some((_, Tag::Headers(_))) => {
+                self.headers_in_flight = false;
+                self.header_failed(peer);
+            }
             Some((_, Tag::Batch(batch))) => {
                 let _ = self.protocol.handle_failure(&peer, batch);
             }

@@ -13,6 +13,10 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
     ("qc-verify", "QC verification: single, batched, and its parts"),
     ("rpc", "JSON-RPC: HTTP request rates, newHeads fan-out, memory"),
+    (
+        "sync",
+        "range sync from 1 and 4 throttled peers, and unthrottled (processes)",
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
         Some("import") => import(quick),
         Some("consensus") => consensus(quick),
         Some("light") => luxtensor_tests::light_bench::run(quick),
+        Some("sync") => luxtensor_tests::sync_bench::run(quick),
         Some("rpc") => luxtensor_tests::rpc_bench::run(quick),
         Some("rpc-clients") => luxtensor_tests::rpc_bench::clients(&args[1..]),
         other => {
