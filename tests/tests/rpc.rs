@@ -935,8 +935,8 @@ async fn pending_transactions_and_syncing_subscriptions() {
     let (id, status) = ws.notification().await;
     assert_eq!(
         (id.as_str(), &status),
-        (syncing.as_str(), &json!(false)),
-        "caught up: false at once"
+        (syncing.as_str(), &json!({"syncing": false})),
+        "caught up: syncing false at once"
     );
 
     let tx = chain.transfer_transaction();
@@ -973,7 +973,10 @@ async fn pending_transactions_and_syncing_subscriptions() {
         .broadcaster
         .send(BroadcastEvent::SyncStatus { syncing: false })
         .unwrap();
-    assert_eq!(ws.notification().await, (syncing, json!(false)));
+    assert_eq!(
+        ws.notification().await,
+        (syncing, json!({"syncing": false}))
+    );
 
     // The per-connection subscription limit.
     let fourth = ws.subscribe(json!(["newHeads"])).await;

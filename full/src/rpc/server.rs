@@ -10,7 +10,7 @@
 
 use super::jsonrpc::{self, Transport};
 use super::metrics::{self, Metrics};
-use super::subscriptions::{ConnectionSubscriptions, Prepared};
+use super::subscriptions::{ConnectionSubscriptions, Lagged, Prepared, RingReceiver};
 use super::{Broadcaster, RpcError, RpcState};
 use axum::Router;
 use axum::body::Bytes;
@@ -21,15 +21,19 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::{SinkExt, StreamExt};
+use futures::task::AtomicWaker;
+use futures::{Sink, Stream};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Where the servers listen. Port 0 picks a free port (see [`RpcHandle`]).
@@ -318,96 +322,263 @@ fn upgrade(ws: WebSocketUpgrade, state: RpcState) -> Response {
         .on_upgrade(move |socket| websocket(socket, state))
 }
 
-/// Waits for the next event, or forever when the connection has no subscriptions.
-async fn next_event(
-    events: &mut Option<broadcast::Receiver<Arc<Prepared>>>,
-) -> Result<Arc<Prepared>, broadcast::error::RecvError> {
-    match events {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// One WebSocket connection: requests in order, notifications between them,
-/// everything out through one bounded queue.
+/// One WebSocket connection, driven by one task: requests in order (each
+/// on the blocking pool), notifications between them, and every outgoing
+/// message through one bounded queue that is written in a batch and
+/// flushed once. A new head costs the connection one wake-up and one write.
 async fn websocket(socket: WebSocket, state: RpcState) {
     state.metrics.connection_opened(true);
-    let (mut sink, mut stream) = socket.split();
-    let (queue, mut outgoing) = mpsc::channel::<Message>(state.limits.ws_send_queue.max(1));
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            if sink.send(message).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
+    let read_wake = Arc::new(ReadWake {
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
     });
-    let mut subs = Some(ConnectionSubscriptions::default());
-    let mut events = None;
-    let mut out = Vec::new();
-    let slow = loop {
-        tokio::select! {
-            incoming = stream.next() => {
-                let body: Bytes = match incoming {
-                    Some(Ok(Message::Text(text))) => Bytes::from(text),
-                    Some(Ok(Message::Binary(bytes))) => bytes,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => break false,
-                };
-                let before = subs.as_ref().map_or(0, ConnectionSubscriptions::len);
-                let mut taken = subs.take().expect("subscriptions are back after each call");
-                let st = state.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    let reply = jsonrpc::handle(&st, &body, Transport::WebSocket(&mut taken));
-                    (reply, taken)
-                })
-                .await;
-                let Ok((reply, back)) = done else { break false };
-                let after = back.len();
-                subs = Some(back);
-                state.metrics.subscriptions_changed(after as i64 - before as i64);
-                match (after, &events) {
-                    (0, Some(_)) => events = None,
-                    (1.., None) => events = Some(state.broadcaster.subscribe()),
-                    _ => {}
-                }
-                let messages = reply.response.into_iter().chain(reply.after);
-                if !enqueue(&queue, messages) {
-                    break true;
-                }
-            }
-            event = next_event(&mut events) => match event {
-                Ok(event) => {
-                    subs.as_ref().expect("present between calls").notifications(&event, &mut out);
-                    if !enqueue(&queue, out.drain(..)) {
-                        break true;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => break true,
-                Err(broadcast::error::RecvError::Closed) => break false,
-            },
-            _ = queue.closed() => break false,
-        }
+    let mut connection = Connection {
+        queue_limit: state.limits.ws_send_queue.max(1),
+        state,
+        socket,
+        subs: Some(ConnectionSubscriptions::default()),
+        live: 0,
+        call: None,
+        events: None,
+        batch: Vec::new(),
+        texts: Vec::new(),
+        out: VecDeque::new(),
+        unflushed: false,
+        read_wake: read_wake.clone(),
+        read_waker: Waker::from(read_wake),
     };
-    if slow {
+    let end = std::future::poll_fn(|cx| connection.poll(cx)).await;
+    let state = &connection.state;
+    if end == End::Slow {
         state.metrics.slow_client_disconnected();
     }
-    let live = subs.as_ref().map_or(0, ConnectionSubscriptions::len);
-    state.metrics.subscriptions_changed(-(live as i64));
+    state
+        .metrics
+        .subscriptions_changed(-(connection.live as i64));
     state.metrics.connection_closed(true);
-    // Dropping the stream and aborting the writer drops both halves: the socket closes.
-    writer.abort();
+    // Dropping the connection closes the socket.
 }
 
-/// Queues messages without waiting; false if the client's queue is full
-/// (it does not read) or gone.
-fn enqueue(queue: &mpsc::Sender<Message>, messages: impl Iterator<Item = String>) -> bool {
-    for text in messages {
-        if queue.try_send(Message::Text(text.into())).is_err() {
-            return false;
-        }
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed it, or the socket failed.
+    Closed,
+    /// The client fell a whole ring behind, or its send queue is full.
+    Slow,
+}
+
+/// Events taken from the ring per poll (they go out in one write).
+const EVENTS_PER_POLL: usize = 64;
+/// Rounds of work per poll before the task yields to others.
+const ROUNDS_PER_POLL: usize = 32;
+
+type Call = JoinHandle<(jsonrpc::Reply, ConnectionSubscriptions)>;
+
+/// The state of one WebSocket connection (see [`websocket`]).
+struct Connection {
+    state: RpcState,
+    socket: WebSocket,
+    /// The subscriptions; `None` while a call (which may change them) runs.
+    subs: Option<ConnectionSubscriptions>,
+    /// Subscriptions counted in the metrics.
+    live: usize,
+    /// The call being executed on the blocking pool.
+    call: Option<Call>,
+    /// The ring, read while the connection has subscriptions.
+    events: Option<RingReceiver>,
+    /// Scratch: events read from the ring, and their notifications.
+    batch: Vec<Arc<Prepared>>,
+    texts: Vec<String>,
+    /// Messages not yet handed to the socket (at most `queue_limit`).
+    out: VecDeque<Message>,
+    queue_limit: usize,
+    /// Messages handed to the socket but not yet flushed.
+    unflushed: bool,
+    /// The socket is read with its own waker, so that a wake-up from the
+    /// ring does not cost a read of a socket that has nothing.
+    read_wake: Arc<ReadWake>,
+    read_waker: Waker,
+}
+
+/// The waker a connection reads its socket with: notes that the socket may
+/// have something, then wakes the connection's task.
+struct ReadWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
-    true
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Connection {
+    /// Does all the work that is ready; `Pending` once every source (call,
+    /// ring, socket) has left the task's waker.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.read_wake.task.register(cx.waker());
+        for _ in 0..ROUNDS_PER_POLL {
+            let mut again = false;
+            // A finished call: its reply goes out before any later notification.
+            if let Some(call) = &mut self.call {
+                match Pin::new(call).poll(cx) {
+                    Poll::Ready(Ok((reply, subs))) => {
+                        self.call = None;
+                        if let Err(end) = self.finish_call(reply, subs) {
+                            return Poll::Ready(end);
+                        }
+                        again = true;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::Closed),
+                    Poll::Pending => {}
+                }
+            }
+            // Notifications (not while a call holds the subscriptions).
+            if self.call.is_none()
+                && let Some(events) = &mut self.events
+            {
+                match events.poll_recv(cx, &mut self.batch, EVENTS_PER_POLL) {
+                    Poll::Ready(Err(Lagged)) => return Poll::Ready(End::Slow),
+                    Poll::Ready(Ok(caught_up)) => {
+                        again |= !caught_up;
+                        if let Err(end) = self.render() {
+                            return Poll::Ready(end);
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            // The next request, once the previous one is answered, if the
+            // socket may have one (it has not said "nothing" since).
+            if self.call.is_none() && self.read_wake.woken.swap(false, Ordering::Acquire) {
+                let mut read_cx = Context::from_waker(&self.read_waker);
+                match Pin::new(&mut self.socket).poll_next(&mut read_cx) {
+                    Poll::Ready(Some(Ok(message))) => {
+                        // More may be buffered: read again next round.
+                        self.read_wake.woken.store(true, Ordering::Relaxed);
+                        let body: Bytes = match message {
+                            Message::Text(text) => Bytes::from(text),
+                            Message::Binary(bytes) => bytes,
+                            // tungstenite queued the pong; the flush below sends it.
+                            Message::Ping(_) | Message::Pong(_) => {
+                                self.unflushed = true;
+                                again = true;
+                                Bytes::new()
+                            }
+                            Message::Close(_) => return Poll::Ready(End::Closed),
+                        };
+                        if !body.is_empty() {
+                            self.start_call(body);
+                            again = true;
+                        }
+                    }
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(End::Closed),
+                    Poll::Pending => {}
+                }
+            }
+            if let Poll::Ready(Err(())) = self.poll_write(cx) {
+                return Poll::Ready(End::Closed);
+            }
+            if !again {
+                return Poll::Pending;
+            }
+        }
+        // Plenty done: let other connections run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn start_call(&mut self, body: Bytes) {
+        let mut subs = self
+            .subs
+            .take()
+            .expect("subscriptions are back after each call");
+        let state = self.state.clone();
+        self.call = Some(tokio::task::spawn_blocking(move || {
+            let reply = jsonrpc::handle(&state, &body, Transport::WebSocket(&mut subs));
+            (reply, subs)
+        }));
+    }
+
+    fn finish_call(
+        &mut self,
+        reply: jsonrpc::Reply,
+        subs: ConnectionSubscriptions,
+    ) -> Result<(), End> {
+        let after = subs.len();
+        self.state
+            .metrics
+            .subscriptions_changed(after as i64 - self.live as i64);
+        self.live = after;
+        self.subs = Some(subs);
+        match (after, &self.events) {
+            (0, Some(_)) => self.events = None,
+            (1.., None) => self.events = Some(self.state.broadcaster.subscribe()),
+            _ => {}
+        }
+        let messages = reply.response.into_iter().chain(reply.after);
+        self.enqueue(messages)
+    }
+
+    /// Turns the events read from the ring into this connection's notifications.
+    fn render(&mut self) -> Result<(), End> {
+        let subs = self.subs.as_ref().expect("present between calls");
+        for event in self.batch.drain(..) {
+            subs.notifications(&event, &mut self.texts);
+            if self.out.len() + self.texts.len() > self.queue_limit {
+                return Err(End::Slow);
+            }
+        }
+        let mut texts = std::mem::take(&mut self.texts);
+        let result = self.enqueue(texts.drain(..));
+        self.texts = texts;
+        result
+    }
+
+    /// Queues messages; `Slow` if that overflows the client's queue (it does not read).
+    fn enqueue(&mut self, messages: impl Iterator<Item = String>) -> Result<(), End> {
+        for text in messages {
+            if self.out.len() >= self.queue_limit {
+                return Err(End::Slow);
+            }
+            self.out.push_back(Message::Text(text.into()));
+        }
+        Ok(())
+    }
+
+    /// Hands queued messages to the socket while it accepts them, then
+    /// flushes them with one write. `Pending`: the socket is full and the
+    /// waker is left with it.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let mut socket = Pin::new(&mut self.socket);
+        while !self.out.is_empty() {
+            match socket.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Pending => return Poll::Pending,
+            }
+            let message = self.out.pop_front().expect("not empty");
+            if socket.as_mut().start_send(message).is_err() {
+                return Poll::Ready(Err(()));
+            }
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            match socket.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// A TCP listener that admits at most `max_connections` at once; the rest

@@ -5,11 +5,16 @@
 //! The node calls [`Broadcaster::send`], which never blocks: the event goes
 //! into a bounded queue to one dispatcher thread that renders it to JSON
 //! once (header, logs, transaction), updates the polling filters, and
-//! publishes it on a bounded `tokio::sync::broadcast` ring. Every WebSocket
-//! connection reads the ring at its own pace into its own bounded send
-//! queue; a connection that falls a whole ring behind, or whose send queue
-//! is full, is disconnected. A slow reader therefore costs nobody else
-//! anything, and memory stays bounded by the ring and the queues.
+//! publishes it on a bounded [`Ring`]. Every WebSocket connection reads the
+//! ring at its own pace into its own bounded send queue; a connection that
+//! falls a whole ring behind, or whose send queue is full, is disconnected.
+//! A slow reader therefore costs nobody else anything, and memory stays
+//! bounded by the ring and the queues.
+//!
+//! The ring wakes each waiting connection once per published batch (a
+//! block's header and logs are one batch), and a connection turns each
+//! event into its frames by splicing its subscription id into the JSON
+//! rendered once for everybody ([`notification`]).
 
 use super::eth::{self, Caches};
 use super::metrics::Metrics;
@@ -21,9 +26,10 @@ use alloy_rpc_types_eth::{Filter, Log as RpcLog};
 use luxtensor_light::{Block, Receipt, SignedTransaction};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
 
 /// A block with its receipts, as the node imported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,8 +119,169 @@ pub(crate) enum Prepared {
     Syncing { json: Arc<str> },
 }
 
+/// The bounded ring the dispatcher publishes [`Prepared`] events on and
+/// every WebSocket connection reads at its own pace.
+///
+/// It holds the last `capacity` events. A reader that is caught up leaves
+/// its waker; [`Ring::publish`] appends a batch and wakes each of those
+/// waiters once, so a block (header and logs) costs every waiting
+/// connection one wake-up. A reader whose next event has been overwritten
+/// gets [`Lagged`] and is disconnected by its connection.
+pub(crate) struct Ring {
+    state: Mutex<RingState>,
+    /// The publisher's spare waiter list (swapped with the ring's, so
+    /// neither is reallocated as connections come and go).
+    spare: Mutex<Vec<Waker>>,
+    receivers: AtomicUsize,
+}
+
+struct RingState {
+    events: VecDeque<Arc<Prepared>>,
+    /// Sequence number of `events[0]`.
+    first: u64,
+    capacity: usize,
+    /// Readers waiting for the next event: at most one entry per reader
+    /// (see [`RingReceiver::waiting_at`]), plus stale ones of readers
+    /// dropped since the last publish.
+    waiters: Vec<Waker>,
+}
+
+impl RingState {
+    /// Sequence number of the next event to be published.
+    fn end(&self) -> u64 {
+        self.first + self.events.len() as u64
+    }
+}
+
+/// A reader fell a whole ring behind: the events it missed are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lagged;
+
+impl Ring {
+    /// An empty ring holding at most `capacity` (at least 1) events.
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        let capacity = capacity.max(1);
+        Arc::new(Self {
+            state: Mutex::new(RingState {
+                events: VecDeque::with_capacity(capacity),
+                first: 0,
+                capacity,
+                waiters: Vec::new(),
+            }),
+            spare: Mutex::new(Vec::new()),
+            receivers: AtomicUsize::new(0),
+        })
+    }
+
+    /// A reader that starts with the next event published.
+    pub(crate) fn subscribe(ring: &Arc<Self>) -> RingReceiver {
+        let next = ring.lock().end();
+        ring.receivers.fetch_add(1, Ordering::Relaxed);
+        RingReceiver {
+            ring: ring.clone(),
+            next,
+            waiting_at: None,
+        }
+    }
+
+    /// Number of live readers.
+    pub(crate) fn receiver_count(&self) -> usize {
+        self.receivers.load(Ordering::Relaxed)
+    }
+
+    /// Appends `events` (dropping the oldest beyond capacity) and wakes every
+    /// waiting reader once.
+    pub(crate) fn publish(&self, events: impl IntoIterator<Item = Arc<Prepared>>) {
+        let mut wake = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut state = self.lock();
+            let mut any = false;
+            for event in events {
+                if state.events.len() == state.capacity {
+                    state.events.pop_front();
+                    state.first += 1;
+                }
+                state.events.push_back(event);
+                any = true;
+            }
+            if !any {
+                return;
+            }
+            std::mem::swap(&mut state.waiters, &mut *wake);
+        }
+        // Outside the ring's lock: readers woken on other threads can read at once.
+        for waker in wake.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RingState> {
+        // A panic while holding the lock cannot leave the ring inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One connection's position in the [`Ring`]. Polled by one task (its
+/// waker is left in the ring at most once per published batch).
+pub(crate) struct RingReceiver {
+    ring: Arc<Ring>,
+    /// Sequence number of the next event to read.
+    next: u64,
+    /// The ring's `end` when this reader last left its waker: while the
+    /// ring has not moved past it, the waker is still there.
+    waiting_at: Option<u64>,
+}
+
+impl std::fmt::Debug for RingReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingReceiver")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingReceiver {
+    /// Moves up to `max` unread events into `out`, in order.
+    ///
+    /// `Ready(Ok(true))`: caught up, and the waker is left for the next
+    /// batch (no need to poll again before being woken). `Ready(Ok(false))`:
+    /// more events are waiting. `Pending`: nothing new; the waker is left.
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Arc<Prepared>>,
+        max: usize,
+    ) -> Poll<Result<bool, Lagged>> {
+        let mut state = self.ring.lock();
+        if self.next < state.first {
+            return Poll::Ready(Err(Lagged));
+        }
+        let end = state.end();
+        let start = (self.next - state.first) as usize;
+        let take = ((end - self.next) as usize).min(max);
+        out.extend(state.events.range(start..start + take).cloned());
+        self.next += take as u64;
+        let caught_up = self.next == end;
+        if caught_up && self.waiting_at != Some(end) {
+            state.waiters.push(cx.waker().clone());
+            self.waiting_at = Some(end);
+        }
+        if take == 0 {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(caught_up))
+        }
+    }
+}
+
+impl Drop for RingReceiver {
+    fn drop(&mut self) {
+        self.ring.receivers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct Shared {
-    ring: broadcast::Sender<Arc<Prepared>>,
+    ring: Arc<Ring>,
     filters: Mutex<Filters>,
     syncing: Mutex<bool>,
 }
@@ -147,9 +314,8 @@ impl Broadcaster {
     /// Creates the fan-out and its dispatcher thread (which ends when the
     /// last clone of the broadcaster is dropped).
     pub(crate) fn new(limits: &RpcLimits, renderer: Renderer) -> Self {
-        let (ring, _) = broadcast::channel(limits.broadcast_capacity.max(1));
         let shared = Arc::new(Shared {
-            ring,
+            ring: Ring::new(limits.broadcast_capacity),
             filters: Mutex::new(Filters::new(limits)),
             syncing: Mutex::new(false),
         });
@@ -201,8 +367,8 @@ impl Broadcaster {
         self.shared.ring.receiver_count()
     }
 
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Prepared>> {
-        self.shared.ring.subscribe()
+    pub(crate) fn subscribe(&self) -> RingReceiver {
+        Ring::subscribe(&self.shared.ring)
     }
 
     pub(crate) fn is_syncing(&self) -> bool {
@@ -230,7 +396,11 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
             filters.on_block(e.block.hash(), &logs);
             drop(filters);
             renderer.metrics.set_head(e.block.header.number);
-            vec![Prepared::Head { json }, Prepared::Logs(logs)]
+            let mut prepared = vec![Prepared::Head { json }];
+            if !logs.is_empty() {
+                prepared.push(Prepared::Logs(logs));
+            }
+            prepared
         }
         BroadcastEvent::RemovedBlocks(blocks) => blocks
             .iter()
@@ -276,10 +446,8 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
             }]
         }
     };
-    for p in prepared {
-        // No receivers is fine: nobody is subscribed.
-        let _ = shared.ring.send(Arc::new(p));
-    }
+    // One batch, one wake-up per waiting connection.
+    shared.ring.publish(prepared.into_iter().map(Arc::new));
     renderer.metrics.observe_dispatch(started.elapsed());
 }
 
@@ -292,12 +460,12 @@ fn render_logs(logs: Vec<RpcLog>) -> Vec<(RpcLog, Arc<str>)> {
         .collect()
 }
 
-/// geth's `syncing` notification: `{"syncing":true,"status":{..}}` while
+/// The `syncing` notification: `{"syncing":true,"status":{..}}` while
 /// syncing (geth's `SyncProgress`, whose keys are Go field names with
-/// decimal numbers), plain `false` once caught up.
+/// decimal numbers), `{"syncing":false}` once caught up.
 pub(crate) fn sync_notification(status: Option<super::SyncProgress>) -> String {
     match status {
-        None => "false".into(),
+        None => r#"{"syncing":false}"#.into(),
         Some(s) => serde_json::json!({
             "syncing": true,
             "status": {
@@ -491,14 +659,22 @@ fn log_matches(filter: &Filter, log: &RpcLog) -> bool {
     }
 }
 
-/// `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":id,"result":..}}`.
+/// `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":id,"result":..}}`,
+/// spliced from the result's JSON (rendered once for every subscriber) and
+/// the subscription id: one allocation of exactly the frame's length, which
+/// the WebSocket layer then owns without copying or reallocating.
 pub(crate) fn notification(id: &str, result_json: &str) -> String {
-    let mut s = String::with_capacity(96 + id.len() + result_json.len());
-    s.push_str(r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#);
+    const HEAD: &str = r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#;
+    const MIDDLE: &str = r#"","result":"#;
+    const TAIL: &str = "}}";
+    let len = HEAD.len() + id.len() + MIDDLE.len() + result_json.len() + TAIL.len();
+    let mut s = String::with_capacity(len);
+    s.push_str(HEAD);
     s.push_str(id);
-    s.push_str(r#"","result":"#);
+    s.push_str(MIDDLE);
     s.push_str(result_json);
-    s.push_str("}}");
+    s.push_str(TAIL);
+    debug_assert_eq!(s.capacity(), len);
     s
 }
 
@@ -679,4 +855,136 @@ fn push_bounded<T>(items: &mut VecDeque<T>, item: T, max: usize) {
         items.pop_front();
     }
     items.push_back(item);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn head(n: u64) -> Arc<Prepared> {
+        Arc::new(Prepared::Head {
+            json: n.to_string().into(),
+        })
+    }
+
+    fn numbers(events: &[Arc<Prepared>]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match &**e {
+                Prepared::Head { json } => json.to_string(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_gets_every_event_in_order_and_is_woken_once_per_batch() {
+        let ring = Ring::new(8);
+        let mut reader = Ring::subscribe(&ring);
+        assert_eq!(ring.receiver_count(), 1);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        assert!(reader.poll_recv(&mut cx, &mut out, 64).is_pending());
+        // Polling again before anything arrives leaves no second waker.
+        assert!(reader.poll_recv(&mut cx, &mut out, 64).is_pending());
+        ring.publish([head(1), head(2)]);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake-up per batch");
+        // At most `max` at a time; then caught up, with the waker left.
+        assert_eq!(
+            reader.poll_recv(&mut cx, &mut out, 1),
+            Poll::Ready(Ok(false))
+        );
+        assert_eq!(
+            reader.poll_recv(&mut cx, &mut out, 1),
+            Poll::Ready(Ok(true))
+        );
+        assert_eq!(numbers(&out), ["1", "2"]);
+        ring.publish([head(3)]);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        out.clear();
+        assert_eq!(
+            reader.poll_recv(&mut cx, &mut out, 64),
+            Poll::Ready(Ok(true))
+        );
+        assert_eq!(numbers(&out), ["3"]);
+        // A reader joining now starts with the next event.
+        let mut late = Ring::subscribe(&ring);
+        out.clear();
+        assert!(late.poll_recv(&mut cx, &mut out, 64).is_pending());
+        drop(late);
+        assert_eq!(ring.receiver_count(), 1);
+    }
+
+    #[test]
+    fn a_reader_a_whole_ring_behind_has_lagged() {
+        let ring = Ring::new(4);
+        let mut reader = Ring::subscribe(&ring);
+        for n in 0..4 {
+            ring.publish([head(n)]);
+        }
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Vec::new();
+        assert_eq!(
+            reader.poll_recv(&mut cx, &mut out, 2),
+            Poll::Ready(Ok(false))
+        );
+        // Two read, two unread, and five more published: two of them were dropped.
+        for n in 4..9 {
+            ring.publish([head(n)]);
+        }
+        assert_eq!(
+            reader.poll_recv(&mut cx, &mut out, 64),
+            Poll::Ready(Err(Lagged))
+        );
+        let mut fresh = Ring::subscribe(&ring);
+        ring.publish([head(9)]);
+        out.clear();
+        assert_eq!(
+            fresh.poll_recv(&mut cx, &mut out, 64),
+            Poll::Ready(Ok(true))
+        );
+        assert_eq!(numbers(&out), ["9"]);
+    }
+
+    #[test]
+    fn notifications_splice_the_id_into_the_shared_json() {
+        let frame = notification("0xab", r#"{"number":"0x1"}"#);
+        assert_eq!(
+            frame,
+            r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0xab","result":{"number":"0x1"}}}"#
+        );
+        assert_eq!(frame.len(), frame.capacity(), "no reallocation downstream");
+        let value: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(value["params"]["result"]["number"], "0x1");
+    }
+
+    #[test]
+    fn syncing_notifications_are_objects_both_ways() {
+        let caught_up: Value = serde_json::from_str(&sync_notification(None)).unwrap();
+        assert_eq!(caught_up, serde_json::json!({"syncing": false}));
+        let syncing: Value =
+            serde_json::from_str(&sync_notification(Some(super::super::SyncProgress {
+                starting: 1,
+                current: 2,
+                highest: 3,
+            })))
+            .unwrap();
+        assert_eq!(
+            syncing,
+            serde_json::json!({"syncing": true, "status": {"StartingBlock": 1, "CurrentBlock": 2, "HighestBlock": 3}})
+        );
+    }
 }
