@@ -274,6 +274,25 @@ impl HttpClient {
         content_type: Option<&str>,
         body: &[u8],
     ) -> std::io::Result<HttpResponse> {
+        let reused = self.stream.is_some();
+        let result = self.request_once(method, content_type, body).await;
+        // A kept-alive connection the server closed between two requests
+        // (hyper may after an error answer) fails before any byte of the
+        // answer; like every HTTP client, retry once on a fresh connection.
+        match result {
+            Err(e) if reused && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                self.request_once(method, content_type, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn request_once(
+        &mut self,
+        method: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> std::io::Result<HttpResponse> {
         if self.stream.is_none() {
             *self = Self {
                 next_id: self.next_id,
