@@ -13,6 +13,10 @@ use luxtensor_tests::wallet::{dev_signer, staking_call};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
+/// One devnet at a time: each test runs four or five node processes, and the
+/// machine has two cores.
+static ONE_DEVNET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Polls `check` every 100 ms until it returns `Some`, or fails after `limit`.
 async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -54,6 +58,7 @@ async fn send(client: &mut HttpClient, tx: &luxtensor_light::SignedTransaction) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devnet_validators_finalize_cross_epochs_admit_a_staker_and_let_one_exit() {
+    let _one = ONE_DEVNET.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let options = DevnetOptions {
         validators: 4,
@@ -266,6 +271,7 @@ async fn signed_qc_of(client: &mut HttpClient, number: u64, index: usize) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devnet_a_validator_killed_with_sigkill_restarts_from_its_data_dir_and_votes_again() {
+    let _one = ONE_DEVNET.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let options = DevnetOptions {
         validators: 4,
@@ -358,6 +364,7 @@ fn light_binary() -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devnet_the_light_client_follows_real_nodes_across_epochs() {
+    let _one = ONE_DEVNET.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let options = DevnetOptions {
         validators: 4,
