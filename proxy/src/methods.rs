@@ -607,6 +607,19 @@ async fn pending_nonce(proxy: &Proxy, address: Address, proven: u64) -> Computed
     local(text(&U64::from(nonce)))
 }
 
+/// The verified header of `block_hash`, after one refresh of the heads if
+/// it is not known yet (an upstream may be a block ahead of the proxy).
+async fn header_in_verified_chain(
+    proxy: &Arc<Proxy>,
+    block_hash: B256,
+) -> Result<Option<SignedHeader>, RpcFailure> {
+    if let Some(h) = proxy.header_by_hash(block_hash).await? {
+        return Ok(Some(h));
+    }
+    crate::follower::refresh(proxy).await;
+    proxy.header_by_hash(block_hash).await
+}
+
 async fn transaction_by_hash(proxy: &Arc<Proxy>, hash: B256) -> Computed {
     let (_, answer) = proxy
         .pool
@@ -635,10 +648,9 @@ async fn transaction_by_hash(proxy: &Arc<Proxy>, hash: B256) -> Computed {
     }
     let block_hash: B256 = serde_json::from_value(block_hash)
         .map_err(|e| RpcFailure::unavailable(format!("blockHash: {e}")))?;
-    let Some(header) = proxy.header_by_hash(block_hash).await? else {
-        return Err(RpcFailure::unavailable(format!(
-            "the upstream places {hash} in block {block_hash}, which is not in the verified chain"
-        )));
+    let Some(header) = header_in_verified_chain(proxy, block_hash).await? else {
+        // Not (yet) in the verified chain: as far as the proxy can tell, not mined.
+        return local("null".into());
     };
     let block = proxy.block(&header).await?;
     match block.txs.iter().find(|t| t.hash == hash) {
@@ -666,10 +678,9 @@ async fn receipt_by_hash(proxy: &Arc<Proxy>, hash: B256) -> Computed {
         .transpose()
         .map_err(|e| RpcFailure::unavailable(format!("blockHash: {e}")))?
         .ok_or_else(|| RpcFailure::unavailable("a receipt without blockHash".into()))?;
-    let Some(header) = proxy.header_by_hash(block_hash).await? else {
-        return Err(RpcFailure::unavailable(format!(
-            "the upstream places {hash} in block {block_hash}, which is not in the verified chain"
-        )));
+    let Some(header) = header_in_verified_chain(proxy, block_hash).await? else {
+        // Not (yet) in the verified chain: as far as the proxy can tell, not mined.
+        return local("null".into());
     };
     let receipts = proxy.receipts(&header).await?;
     let hash_text = Value::String(hash.to_string());

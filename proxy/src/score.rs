@@ -189,6 +189,11 @@ impl Scoreboard {
         row.benched_until_ms = now_ms.saturating_add(cooldown);
     }
 
+    /// Forgets an upstream's history (an operator re-admits it).
+    pub fn reset(&mut self, id: usize) {
+        self.rows[id] = UpstreamScore::default();
+    }
+
     /// Records the best block an upstream reported.
     pub fn best_block(&mut self, id: usize, number: u64) {
         self.rows[id].best_block = number;
@@ -225,9 +230,16 @@ impl Scoreboard {
         let mut ids: Vec<usize> = (0..self.rows.len()).collect();
         ids.sort_by(|&a, &b| {
             let (ha, hb) = (self.health(a, now_ms), self.health(b, now_ms));
+            let (ra, rb) = (&self.rows[a], &self.rows[b]);
+            // On probation after failures, or never measured: after the proven ones.
+            let latency = |r: &UpstreamScore| match r.successes {
+                0 => f64::MAX,
+                _ => r.latency_us,
+            };
             ha.cmp(&hb)
-                .then(self.rows[b].trust.cmp(&self.rows[a].trust))
-                .then(self.rows[a].latency_us.total_cmp(&self.rows[b].latency_us))
+                .then((ra.consecutive_failures > 0).cmp(&(rb.consecutive_failures > 0)))
+                .then(rb.trust.cmp(&ra.trust))
+                .then(latency(ra).total_cmp(&latency(rb)))
                 .then(a.cmp(&b))
         });
         ids
@@ -258,9 +270,16 @@ mod tests {
     #[test]
     fn a_failure_is_a_short_backoff_a_lie_a_long_bench() {
         let mut board = Scoreboard::new(2, ScoreConfig::default());
+        board.success(0, 1);
+        board.success(1, 1);
         board.failure(0, 1_000);
         assert_eq!(board.health(0, 1_000), Health::Unavailable);
         assert_eq!(board.health(0, 1_250), Health::Healthy, "back after 250 ms");
+        assert_eq!(
+            board.order(1_250),
+            vec![1, 0],
+            "on probation until it answers"
+        );
         board.failure(0, 2_000);
         board.failure(0, 2_000);
         assert_eq!(
