@@ -406,7 +406,10 @@ impl SyncManager {
         let Some(_) = self.active else {
             return SyncOutcome::Idle;
         };
-        let target = self.best_peer().map_or(0, |(_, best)| best);
+        // Losing every peer is not catching up: wait for one.
+        let Some((_, target)) = self.best_peer() else {
+            return SyncOutcome::Syncing;
+        };
         if head.number + CAUGHT_UP_DISTANCE >= target {
             self.active = None;
             self.reset(head);
