@@ -21,6 +21,7 @@
 //! | [`follower`] | the shell driving the light client and the canonical window |
 //! | [`methods`], [`logs`], [`filters`] | the methods |
 //! | [`server`], [`metrics`] | axum HTTP + WebSocket, subscriptions, `/metrics`, `/health` |
+//! | [`status`] | the live status page (`/`, `/status.json`, `/status/events`) on the metrics address |
 //! | `dev` (feature `dev`) | the in-process devnet of `--dev` |
 //!
 //! ```no_run
@@ -46,6 +47,7 @@ pub mod proxy;
 pub mod rpc;
 pub mod score;
 pub mod server;
+pub mod status;
 pub mod transport;
 pub mod verify;
 

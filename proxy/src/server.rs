@@ -85,7 +85,8 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
             let router = Router::new()
                 .route("/metrics", get(metrics_text))
                 .route("/health", get(health))
-                .with_state(proxy.clone());
+                .with_state(proxy.clone())
+                .merge(crate::status::router(proxy.clone()));
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router).await;
             });

@@ -3,7 +3,7 @@
 // devnet and passes its addresses:
 //
 //   node status.test.mjs --node http://127.0.0.1:PORT --node0-pid PID
-//        [--proxy http://127.0.0.1:PORT --stop-upstream-pid PID] [--screenshots DIR]
+//        [--proxy http://127.0.0.1:PORT --stop-upstream-pid PID --stop-upstream-name URL] [--screenshots DIR]
 //        [--settle-ms 3000]   (how long the charts collect points before the screenshot)
 //
 // Checks, each of which fails the run:
@@ -16,8 +16,10 @@
 //     stopped upstream shown as down, cache card and chart; the page shows
 //     the unreachable message when that server stops and recovers when it
 //     comes back;
-//  5. with --proxy: the real proxy's page, where the upstream whose process
-//     is stopped shows as down;
+//  5. with --proxy: the real proxy's page (run.sh starts one): it loads,
+//     its verified head advances without a reload, the validator table lists
+//     the 4 trusted validators, and once --stop-upstream-pid is killed that
+//     upstream (--stop-upstream-name) shows as down with an upstream-down alarm;
 //  6. node 0 killed: the unreachable message appears.
 // Screenshots of each page go to --screenshots (default target/browser-screenshots).
 
@@ -133,14 +135,45 @@ try {
   // 5. The real proxy, when there is one.
   if (args.proxy) {
     const proxyPage = await context.newPage();
+    proxyPage.setDefaultTimeout(15_000);
     await proxyPage.goto(args.proxy + "/");
     await proxyPage.waitForSelector("#upstreams tbody tr");
     check((await proxyPage.locator("#title").textContent()) === "LuxTensor proxy", "proxy page loads");
+    await proxyPage.waitForFunction(() => /\d/.test(document.getElementById("head-number").textContent));
+    const p1 = await headNumber(proxyPage);
+    await proxyPage.evaluate(() => { window.__noReload = true; });
+    await proxyPage.waitForFunction(n => Number(document.getElementById("head-number").textContent.replace(/\D/g, "")) > n,
+      p1, { timeout: 10_000 });
+    const p2 = await headNumber(proxyPage);
+    check(p2 > p1 && await proxyPage.evaluate(() => window.__noReload === true),
+      `proxy: verified head advanced on screen from ${p1} to ${p2} without a reload`);
+    await proxyPage.waitForFunction(() => document.querySelectorAll("#validators tbody tr").length > 0);
+    const pOwners = await proxyPage.locator("#validators tbody tr")
+      .evaluateAll(trs => trs.map(tr => tr.querySelector("td").title.toLowerCase()));
+    check(pOwners.length === 4 && DEVNET_OWNERS.every(o => pOwners.includes(o)),
+      `proxy: validator table lists the light client's 4 trusted validators (${pOwners.length} rows)`);
+    check(await proxyPage.locator('[data-field="cache"]').isVisible() &&
+      !(await proxyPage.locator('[data-field="peers"]').isVisible()), "proxy: cache card, no peers card");
+    if (args["stop-upstream-pid"]) {
+      // Every upstream up first (the follower may still be catching up), so "down" below means the kill.
+      await proxyPage.waitForFunction(() => {
+        const rows = [...document.querySelectorAll("#upstreams tbody tr")];
+        return rows.length >= 2 && rows.every(tr => tr.dataset.down === "false");
+      }, null, { timeout: 30_000 });
+      check(true, "proxy: all upstreams up before one is stopped");
+    }
+    await proxyPage.waitForTimeout(Math.min(Number(args["settle-ms"] || 3000), 10_000));
     await proxyPage.screenshot({ path: join(shots, "proxy.png"), fullPage: true });
     if (args["stop-upstream-pid"]) {
       process.kill(Number(args["stop-upstream-pid"]), "SIGKILL");
       await proxyPage.waitForSelector('#upstreams tbody tr[data-down="true"]', { timeout: 20_000 });
-      check(true, "a stopped upstream shows as down on the proxy page");
+      const down = await proxyPage.locator('#upstreams tbody tr[data-down="true"]')
+        .evaluateAll(trs => trs.map(tr => tr.querySelector("td").textContent));
+      const name = args["stop-upstream-name"];
+      check(name ? down.length === 1 && down[0] === name : down.length >= 1,
+        `a stopped upstream shows as down on the proxy page (${down})`);
+      await proxyPage.waitForSelector('#alarms li[data-code="upstream-down"]', { timeout: 10_000 });
+      check(true, "proxy: the upstream-down alarm is raised");
       await proxyPage.screenshot({ path: join(shots, "proxy-upstream-down.png"), fullPage: true });
     }
     await proxyPage.close();
