@@ -10,6 +10,7 @@
 
 use crate::canon::Plan;
 use crate::proxy::{ChainEvent, Proxy};
+use crate::transport::{WS_DEAD_AFTER, WS_PING_INTERVAL};
 use crate::verify;
 use alloy_primitives::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -100,24 +101,26 @@ async fn certified_latest(proxy: &Proxy, id: usize) -> Option<CertifiedHeader> {
     Some(head)
 }
 
+/// One poller per upstream, so that a stalled upstream (each of its polls
+/// waits the whole timeout) never delays the others' heads.
 async fn poller(proxy: Arc<Proxy>, tx: mpsc::Sender<DriverMsg>) {
+    for id in 0..proxy.pool.upstreams().len() {
+        tokio::spawn(poll_one(proxy.clone(), id, tx.clone()));
+    }
+}
+
+async fn poll_one(proxy: Arc<Proxy>, id: usize, tx: mpsc::Sender<DriverMsg>) {
     let mut tick = tokio::time::interval(proxy.config.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let polls = (0..proxy.pool.upstreams().len()).map(|id| {
-            let proxy = proxy.clone();
-            async move { (id, certified_latest(&proxy, id).await) }
-        });
-        for (id, head) in futures::future::join_all(polls).await {
-            if let Some(head) = head
-                && tx
-                    .try_send(DriverMsg::Certified(id, Box::new(head)))
-                    .is_err()
-                && tx.is_closed()
-            {
-                return;
-            }
+        if let Some(head) = certified_latest(&proxy, id).await
+            && tx
+                .try_send(DriverMsg::Certified(id, Box::new(head)))
+                .is_err()
+            && tx.is_closed()
+        {
+            return;
         }
     }
 }
@@ -138,9 +141,14 @@ async fn driver(proxy: Arc<Proxy>, mut rx: mpsc::Receiver<DriverMsg>) {
                 handle_head(&proxy, id, *head);
             }
             DriverMsg::Refresh(done) => {
+                // Each upstream gets its hedge delay: a stalled one is not waited for.
                 let polls = (0..proxy.pool.upstreams().len()).map(|id| {
                     let proxy = proxy.clone();
-                    async move { (id, certified_latest(&proxy, id).await) }
+                    async move {
+                        let within = proxy.pool.hedge_delay(id);
+                        let head = tokio::time::timeout(within, certified_latest(&proxy, id)).await;
+                        (id, head.ok().flatten())
+                    }
                 });
                 for (id, head) in futures::future::join_all(polls).await {
                     if let Some(head) = head {
@@ -403,14 +411,38 @@ async fn session(proxy: &Proxy, id: usize, tx: &mpsc::Sender<DriverMsg>) -> Stri
     }
     let mut subs: [Option<Value>; 2] = [None, None];
     let mut last: Option<SignedHeader> = None;
+    // Liveness: the upstream is pinged; one that sends nothing (not even a
+    // pong, nor its subscription's id) for `WS_DEAD_AFTER` is stalled, and
+    // one whose heads stop for `subscription_silence` is silent.
+    let mut ping = tokio::time::interval(WS_PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
+    let mut last_head = tokio::time::Instant::now();
     loop {
-        let message = match tokio::time::timeout(proxy.config.subscription_silence, ws.next()).await
-        {
-            Err(_) => return format!("silent for {:?}", proxy.config.subscription_silence),
-            Ok(None) => return "closed".into(),
-            Ok(Some(Err(e))) => return format!("WebSocket error: {e}"),
-            Ok(Some(Ok(m))) => m,
+        let message = tokio::select! {
+            m = ws.next() => m,
+            _ = ping.tick() => {
+                if heard.elapsed() > WS_DEAD_AFTER {
+                    return format!("stalled: nothing for {WS_DEAD_AFTER:?}, not even a pong");
+                }
+                if subs[0].is_none() && last_head.elapsed() > proxy.pool.hedge_delay(id) * 4 {
+                    return "the newHeads subscription was not confirmed".into();
+                }
+                if last_head.elapsed() > proxy.config.subscription_silence {
+                    return format!("silent for {:?}", proxy.config.subscription_silence);
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return "ping failed".into();
+                }
+                continue;
+            }
         };
+        let message = match message {
+            None => return "closed".into(),
+            Some(Err(e)) => return format!("WebSocket error: {e}"),
+            Some(Ok(m)) => m,
+        };
+        heard = tokio::time::Instant::now();
         let Message::Text(text) = message else {
             if let Message::Close(_) = message {
                 return "closed".into();
@@ -448,6 +480,7 @@ async fn session(proxy: &Proxy, id: usize, tx: &mpsc::Sender<DriverMsg>) -> Stri
                     return format!("newHeads: {e}");
                 }
             };
+            last_head = tokio::time::Instant::now();
             proxy.pool.with_board(|b| b.best_block(id, header.number));
             // The header certifies its parent with its parent QC.
             if let Some(parent) = last.take()
@@ -461,8 +494,11 @@ async fn session(proxy: &Proxy, id: usize, tx: &mpsc::Sender<DriverMsg>) -> Stri
                 let _ = tx.try_send(DriverMsg::Certified(id, Box::new(certified)));
             }
             last = Some(header);
-            // And the node's latest has its QC: ask for it now.
-            if let Some(head) = certified_latest(proxy, id).await {
+            // And the node's latest has its QC: ask for it now (not waiting
+            // past the hedge delay: the pollers cover a slow upstream).
+            let within = proxy.pool.hedge_delay(id);
+            if let Ok(Some(head)) = tokio::time::timeout(within, certified_latest(proxy, id)).await
+            {
                 let _ = tx.try_send(DriverMsg::Certified(id, Box::new(head)));
             }
         } else if sub.is_some() && sub == subs[1].as_ref() {

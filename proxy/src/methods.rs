@@ -3,7 +3,7 @@
 //!
 //! | class | methods |
 //! |---|---|
-//! | local | `eth_chainId`, `net_version`, `eth_blockNumber`, `eth_syncing`, `eth_gasPrice`, `eth_maxPriorityFeePerGas`, `web3_*`, `net_*`, `eth_accounts`, uncle counts |
+//! | local | `eth_chainId`, `lux_stakingContract`, `net_version`, `eth_blockNumber`, `eth_syncing`, `eth_gasPrice`, `eth_maxPriorityFeePerGas`, `web3_*`, `net_*`, `eth_accounts`, uncle counts |
 //! | verified block data | blocks, headers, transactions, receipts, `eth_getLogs`, `eth_feeHistory` (no percentiles), `lux_getRawHeader`/`lux_getRawBlock` |
 //! | verified state | `eth_getBalance`, `eth_getTransactionCount`, `eth_getCode`, `eth_getStorageAt`, `eth_getProof` (EIP-1186 against the verified state root) |
 //! | self-verifying | `lux_getEpochUpdates`, `lux_getCertifiedHeader`, `lux_getValidatorSet` (signed or hash-committed data its reader checks) |
@@ -26,6 +26,20 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+/// The staking contract's ABI, as the node's `lux_stakingContract` gives it
+/// (a copy of `luxtensor_full`'s constant: the proxy does not depend on the
+/// full node; `tests/web3/run.sh` checks both answers are equal).
+const STAKING_ABI: &str = r#"[
+{"type":"function","name":"stake","stateMutability":"payable","inputs":[{"name":"blsPubkey","type":"bytes"},{"name":"proofOfPossession","type":"bytes"}],"outputs":[]},
+{"type":"function","name":"requestExit","stateMutability":"nonpayable","inputs":[],"outputs":[]},
+{"type":"event","name":"StakeRequested","anonymous":false,"inputs":[{"name":"owner","type":"address","indexed":true},{"name":"blsPubkey","type":"bytes","indexed":false},{"name":"amount","type":"uint256","indexed":false},{"name":"activationEpoch","type":"uint64","indexed":false}]},
+{"type":"event","name":"ExitRequested","anonymous":false,"inputs":[{"name":"owner","type":"address","indexed":true},{"name":"exitEpoch","type":"uint64","indexed":false}]},
+{"type":"event","name":"ValidatorActivated","anonymous":false,"inputs":[{"name":"owner","type":"address","indexed":true},{"name":"epoch","type":"uint64","indexed":false}]},
+{"type":"event","name":"ValidatorExited","anonymous":false,"inputs":[{"name":"owner","type":"address","indexed":true},{"name":"epoch","type":"uint64","indexed":false}]},
+{"type":"event","name":"ValidatorSlashed","anonymous":false,"inputs":[{"name":"owner","type":"address","indexed":true},{"name":"amount","type":"uint256","indexed":false},{"name":"epoch","type":"uint64","indexed":false}]},
+{"type":"event","name":"StakeWithdrawn","anonymous":false,"inputs":[{"name":"owner","type":"address","indexed":true},{"name":"amount","type":"uint256","indexed":false},{"name":"epoch","type":"uint64","indexed":false}]}
+]"#;
 
 /// Priority fee the node suggests (its default), in wei.
 pub const DEFAULT_PRIORITY_FEE: u128 = 1_000_000_000;
@@ -238,6 +252,16 @@ async fn dispatch(proxy: &Arc<Proxy>, method: &str, params: &Value) -> Computed 
         "net_peerCount" => {
             p.at_most(0)?;
             local(text(&U64::from(proxy.pool.usable().len())))
+        }
+        "lux_stakingContract" => {
+            // A protocol constant (the address is fixed, the ABI is the
+            // protocol's), so it needs no upstream and no proof.
+            p.at_most(0)?;
+            let abi: Value = serde_json::from_str(STAKING_ABI).expect("the ABI constant is JSON");
+            local(text(&json!({
+                "address": luxtensor_light::chain_spec::STAKING_ADDRESS,
+                "abi": abi
+            })))
         }
         "eth_chainId" => {
             p.at_most(0)?;
@@ -546,8 +570,13 @@ async fn state_proof(
             return Err(RpcFailure::new(-32000, "header not found"));
         };
         let params = json!([address, keys, {"blockHash": header.hash()}]);
-        for upstream in proxy.pool.order() {
-            match proxy.pool.call_on(upstream, "eth_getProof", &params).await {
+        // Hedged: a stalled upstream is not waited for; one that answered
+        // (with a proof that failed, or an error) is not asked again.
+        let mut exclude = Vec::new();
+        while let Ok((upstream, answer)) = proxy.pool.call("eth_getProof", &params, &exclude).await
+        {
+            exclude.push(upstream);
+            match answer {
                 Ok(v) => match verify::verify_proof(&v, header.state_root, address, &keys) {
                     Ok(proof) => {
                         proxy.pool.verified(upstream);
@@ -799,4 +828,18 @@ async fn fee_history(proxy: &Arc<Proxy>, p: &Params<'_>) -> Computed {
             .push(u128::from(next_base_fee(&last)));
     }
     verified(text(&history), Scope::Head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staking_abi_has_stake_and_its_event() {
+        let abi: Vec<Value> = serde_json::from_str(STAKING_ABI).unwrap();
+        let names: Vec<&str> = abi.iter().filter_map(|e| e["name"].as_str()).collect();
+        for name in ["stake", "requestExit", "StakeRequested", "ExitRequested"] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+    }
 }

@@ -6,9 +6,18 @@
 //! upstream; a JSON-RPC error is an answer and is returned as is. Callers
 //! that verify an answer report a failed check with [`Pool::lie`] and ask
 //! again excluding the liar.
+//!
+//! Idempotent reads are *hedged*: when the best upstream has not answered
+//! within its hedge delay (its p95 latency times a factor, bounded; see
+//! [`Scoreboard::hedge_delay_ms`]) the next upstream is asked as well, and
+//! the first answer wins. A stalled upstream thus costs a read at most the
+//! largest hedge delay, never the whole timeout; the pollers (which wait the
+//! full timeout) are what score it unavailable.
 
 use crate::score::{Health, ScoreConfig, Scoreboard};
 use crate::transport::{CallError, Transport};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -141,8 +150,15 @@ impl Pool {
         result
     }
 
+    /// How long to wait for `id` before asking the next upstream as well.
+    pub fn hedge_delay(&self, id: usize) -> Duration {
+        Duration::from_millis(self.with_board(|b| b.hedge_delay_ms(id))).min(self.timeout)
+    }
+
     /// Calls the best upstream not in `exclude`, then the next ones while
-    /// they fail in transport. Returns who answered and the answer (a
+    /// they fail in transport; an idempotent read is also sent to the next
+    /// upstream when the current one is slower than its hedge delay, and
+    /// the first answer wins. Returns who answered and the answer (a
     /// JSON-RPC error is an answer).
     pub async fn call(
         &self,
@@ -150,20 +166,52 @@ impl Pool {
         params: &Value,
         exclude: &[usize],
     ) -> Result<(usize, Result<Value, CallError>), PoolError> {
+        let hedge = idempotent(method);
+        let mut candidates = self.order().into_iter().filter(|id| !exclude.contains(id));
         let mut tried = 0;
         let mut last = String::from("every upstream is excluded");
-        for id in self.order() {
-            if exclude.contains(&id) {
-                continue;
-            }
-            tried += 1;
-            match self.call_on(id, method, params).await {
-                Err(e) if e.is_unavailable() || matches!(e, CallError::Malformed(_)) => {
-                    last = format!("{}: {e}", self.upstreams[id].url);
+        let mut running = FuturesUnordered::new();
+        let mut hedge_at: Option<tokio::time::Instant> = None;
+        loop {
+            let launch =
+                running.is_empty() || hedge_at.is_some_and(|at| tokio::time::Instant::now() >= at);
+            if launch {
+                match candidates.next() {
+                    Some(id) => {
+                        tried += 1;
+                        hedge_at =
+                            hedge.then(|| tokio::time::Instant::now() + self.hedge_delay(id));
+                        running.push(async move { (id, self.call_on(id, method, params).await) });
+                    }
+                    None if running.is_empty() => {
+                        return Err(PoolError::Exhausted { tried, last });
+                    }
+                    None => hedge_at = None,
                 }
-                answer => return Ok((id, answer)),
+            }
+            let sleep = async {
+                match hedge_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((id, answer)) = running.next() => match answer {
+                    Err(e) if e.is_unavailable() || matches!(e, CallError::Malformed(_)) => {
+                        last = format!("{}: {e}", self.upstreams[id].url);
+                        // The next one now, without waiting for the hedge.
+                        hedge_at = Some(tokio::time::Instant::now());
+                    }
+                    answer => return Ok((id, answer)),
+                },
+                () = sleep => {}
             }
         }
-        Err(PoolError::Exhausted { tried, last })
     }
+}
+
+/// Whether a method may be sent to a second upstream while the first one
+/// is still working on it (everything but sending transactions).
+pub fn idempotent(method: &str) -> bool {
+    !matches!(method, "eth_sendRawTransaction" | "eth_sendTransaction")
 }

@@ -26,6 +26,12 @@ pub struct ScoreConfig {
     pub max_lie_cooldown_ms: u64,
     /// Blocks behind the verified head before an upstream counts as lagging (default 4).
     pub max_lag_blocks: u64,
+    /// The hedge delay is this many times an upstream's p95 latency (default 4).
+    pub hedge_factor: u64,
+    /// Shortest hedge delay (default 100 ms).
+    pub min_hedge_ms: u64,
+    /// Longest hedge delay, and the delay of an upstream not yet measured (default 500 ms).
+    pub max_hedge_ms: u64,
 }
 
 impl Default for ScoreConfig {
@@ -36,6 +42,9 @@ impl Default for ScoreConfig {
             lie_cooldown_ms: 60_000,
             max_lie_cooldown_ms: 3_600_000,
             max_lag_blocks: 4,
+            hedge_factor: 4,
+            min_hedge_ms: 100,
+            max_hedge_ms: 500,
         }
     }
 }
@@ -44,6 +53,8 @@ impl Default for ScoreConfig {
 pub const START_TRUST: i32 = 100;
 /// Trust lost per answer that failed verification.
 pub const LIE_PENALTY: i32 = 60;
+/// Latency samples kept per upstream (for its p95).
+pub const LATENCY_SAMPLES: usize = 64;
 
 /// One upstream's row.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +71,8 @@ pub struct UpstreamScore {
     pub successes: u64,
     /// Moving average of the answer latency, microseconds.
     pub latency_us: f64,
+    /// The last [`LATENCY_SAMPLES`] answer latencies, microseconds (a ring).
+    pub recent_us: Vec<u64>,
     /// Best block number it reported.
     pub best_block: u64,
     /// Not used before this time (failure backoff).
@@ -77,6 +90,7 @@ impl Default for UpstreamScore {
             consecutive_failures: 0,
             successes: 0,
             latency_us: 0.0,
+            recent_us: Vec::new(),
             best_block: 0,
             down_until_ms: 0,
             benched_until_ms: 0,
@@ -153,6 +167,30 @@ impl Scoreboard {
         } else {
             row.latency_us * 0.8 + latency_us as f64 * 0.2
         };
+        if row.recent_us.len() < LATENCY_SAMPLES {
+            row.recent_us.push(latency_us);
+        } else {
+            let slot = (row.successes as usize - 1) % LATENCY_SAMPLES;
+            row.recent_us[slot] = latency_us;
+        }
+    }
+
+    /// How long to wait for `id` before also asking the next upstream (a
+    /// hedged read): its p95 latency times [`ScoreConfig::hedge_factor`],
+    /// within `[min_hedge_ms, max_hedge_ms]`; the maximum while fewer than
+    /// 8 answers were measured. A stalled upstream therefore delays an
+    /// answer by at most `max_hedge_ms`, not by the whole timeout.
+    pub fn hedge_delay_ms(&self, id: usize) -> u64 {
+        let config = &self.config;
+        let row = &self.rows[id];
+        if row.recent_us.len() < 8 {
+            return config.max_hedge_ms;
+        }
+        let mut sorted = row.recent_us.clone();
+        sorted.sort_unstable();
+        let p95 = sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)];
+        (p95.saturating_mul(config.hedge_factor) / 1000)
+            .clamp(config.min_hedge_ms, config.max_hedge_ms)
     }
 
     /// Records an answer that verified (raises trust by one).
@@ -314,6 +352,22 @@ mod tests {
         assert_eq!(board.order(0), vec![1, 0]);
         board.best_block(0, 19);
         assert_eq!(board.order(0), vec![0, 1]);
+    }
+
+    #[test]
+    fn hedge_delay_follows_the_p95_within_bounds() {
+        let mut board = Scoreboard::new(3, ScoreConfig::default());
+        assert_eq!(board.hedge_delay_ms(0), 500, "not measured: the maximum");
+        for i in 0..100 {
+            board.success(0, 1_000);
+            // One answer in ten takes 80 ms: the p95 is 80 ms.
+            board.success(1, if i % 10 == 0 { 80_000 } else { 1_000 });
+            board.success(2, 400_000);
+        }
+        assert_eq!(board.hedge_delay_ms(0), 100, "4 ms is below the floor");
+        assert_eq!(board.hedge_delay_ms(1), 320, "4 x the 80 ms p95");
+        assert_eq!(board.hedge_delay_ms(2), 500, "capped");
+        assert_eq!(board.row(1).recent_us.len(), LATENCY_SAMPLES, "bounded");
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub const MAX_ANSWER_BYTES: usize = 32 << 20;
 const MAX_IDLE_HTTP: usize = 16;
 /// Calls waiting on one WebSocket connection.
 const MAX_WS_INFLIGHT: usize = 4096;
+/// A WebSocket upstream is pinged this often.
+pub const WS_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A WebSocket upstream that sent nothing (not even a pong) for this long is
+/// dead: its connection is dropped and its waiting calls fail at once.
+pub const WS_DEAD_AFTER: Duration = Duration::from_secs(3);
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -246,21 +251,31 @@ impl WsTransport {
         let waiters: Waiters = Default::default();
         let reader_waiters = waiters.clone();
         tokio::spawn(async move {
+            let mut ping = tokio::time::interval(WS_PING_INTERVAL);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut heard = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     out = rx.recv() => match out {
                         Some(text) => if sink.send(Message::text(text)).await.is_err() { break },
                         None => break,
                     },
+                    _ = ping.tick() => {
+                        if heard.elapsed() > WS_DEAD_AFTER {
+                            break;
+                        }
+                        if sink.send(Message::Ping(Bytes::new())).await.is_err() { break }
+                    }
                     message = stream.next() => match message {
                         Some(Ok(Message::Text(text))) => {
+                            heard = tokio::time::Instant::now();
                             let Ok(value) = serde_json::from_str::<Value>(text.as_str()) else { continue };
                             let Some(id) = value.get("id").and_then(Value::as_u64) else { continue };
                             let waiter = reader_waiters.lock().expect("not poisoned").remove(&id);
                             if let Some(w) = waiter { let _ = w.send(value); }
                         }
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                        Some(Ok(_)) => {}
+                        Some(Ok(_)) => heard = tokio::time::Instant::now(),
                     },
                 }
             }

@@ -283,12 +283,15 @@ async fn proxy_serves_verified_data_and_never_serves_a_lie() {
     );
 }
 
-/// A stalled WebSocket upstream (accepts, never answers) beside an honest
-/// one: requests are answered correctly, but today only after tens of
-/// seconds (see docs/proxy.md, "Known limits"), so this is not yet run by default.
+/// A stalled WebSocket upstream (accepts, never answers, never pongs),
+/// listed first, beside an honest one: the proxy catches up and every
+/// answer comes well within the 2 s upstream timeout (reads are hedged to
+/// the next upstream after a bounded adaptive delay, the stalled
+/// connection is dropped when it stops answering pings), and the stalled
+/// upstream ends up not healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known issue: a stalled upstream delays the first answers by tens of seconds"]
 async fn a_stalled_upstream_does_not_hang_requests() {
+    const BOUND: Duration = Duration::from_millis(1_500);
     let dir = tempfile::tempdir().unwrap();
     let devnet = luxtensor_proxy::dev::start(4, &dir.path().join("devnet"), 500, 8)
         .await
@@ -297,49 +300,69 @@ async fn a_stalled_upstream_does_not_hang_requests() {
     let honest: SocketAddr = devnet.rpc[1];
     let mut node = HttpClient::connect(honest).await;
     let bob = Address::repeat_byte(0xb0);
-    // --- a stalled WebSocket upstream does not hang requests ---
+    let alice = dev_signer(1).address();
     let stalled = malicious_upstream::stalled().await;
+    let started = Instant::now();
     let second = proxy(
         &spec,
         vec![format!("ws://{stalled}"), format!("http://{honest}")],
     )
     .await;
-    let mut rpc2 = HttpClient::connect(second.bound.rpc).await;
-    let started = Instant::now();
-    let mut last = Value::Null;
-    let mut trace = Vec::new();
-    for _ in 0..40 {
+    let mut rpc = HttpClient::connect(second.bound.rpc).await;
+    wait_for("a verified head", Duration::from_secs(20), async || {
+        let r = rpc.call("eth_blockNumber", json!([])).await;
+        r.get("result").filter(|n| hex_u64(n) >= 1).cloned()
+    })
+    .await;
+    let caught_up = started.elapsed();
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let who = if i % 2 == 0 { bob } else { alice };
         let t = Instant::now();
-        last = rpc2.call("eth_getBalance", json!([bob, "latest"])).await;
-        trace.push(format!(
-            "{:?} {}",
-            t.elapsed(),
-            last.to_string().chars().take(150).collect::<String>()
-        ));
-        if last.get("result").is_some() {
-            break;
+        let answer = rpc.call("eth_getBalance", json!([who, "latest"])).await;
+        let took = t.elapsed();
+        times.push(took);
+        let got = answer.get("result").cloned().unwrap_or_else(|| {
+            panic!(
+                "no balance with a stalled upstream after {took:?}: {answer} {}",
+                luxtensor_proxy::metrics::health(&second.proxy)
+            )
+        });
+        if who == bob {
+            assert_eq!(got, json!("0x0"));
+        } else {
+            assert_ne!(got, json!("0x0"), "alice is funded");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let tag = format!(
+            "{:#x}",
+            hex_u64(&rpc.result("eth_blockNumber", json!([])).await) - 1
+        );
+        let t = Instant::now();
+        let ours = rpc
+            .result("eth_getBlockByNumber", json!([tag, false]))
+            .await;
+        times.push(t.elapsed());
+        assert_eq!(
+            ours,
+            node.result("eth_getBlockByNumber", json!([tag, false]))
+                .await
+        );
     }
-    let b = last.get("result").cloned().unwrap_or_else(|| {
-        panic!(
-            "no answer with a stalled upstream: {last} {}",
-            luxtensor_proxy::metrics::health(&second.proxy)
-        )
-    });
-    assert_eq!(
-        b,
-        node.result("eth_getBalance", json!([bob, "latest"])).await
-    );
+    times.sort();
+    let worst = *times.last().unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "{:?} {trace:#?}",
-        started.elapsed()
+        worst < BOUND,
+        "an answer took {worst:?} (bound {BOUND:?}; the upstream timeout is 2 s): {times:?}"
+    );
+    println!(
+        "stalled upstream: caught up in {caught_up:?}; answers p50 {:?}, worst {worst:?}",
+        times[times.len() / 2]
     );
     assert_ne!(
         second.proxy.pool.health(0),
         Health::Healthy,
-        "the stalled upstream is not healthy"
+        "the stalled upstream is not healthy: {}",
+        luxtensor_proxy::metrics::health(&second.proxy)
     );
 }
 
