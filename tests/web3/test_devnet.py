@@ -1,7 +1,9 @@
 """A real Ethereum client (web3.py) against a LuxTensor devnet.
 
 Run by tests/web3/run.sh (which starts the devnet and a virtual environment);
-arguments: HTTP URL, WebSocket URL, BLS public key, proof of possession.
+arguments: HTTP URL, WebSocket URL, BLS public key, proof of possession, and
+optionally the staker's private key (a devnet account; an owner stakes once,
+so a second run against the same devnet, e.g. through the proxy, uses another).
 Every check raises on failure; the script exits non-zero.
 """
 
@@ -15,7 +17,9 @@ HTTP, WS, BLS_KEY, POP = sys.argv[1:5]
 TIMEOUT = 60
 # The first development accounts of the Hardhat/Anvil mnemonic.
 SENDER = Account.from_key("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
-STAKER = Account.from_key("0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba")
+STAKER = Account.from_key(
+    sys.argv[5] if len(sys.argv) > 5 else "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"
+)
 RECIPIENT = "0x000000000000000000000000000000000000bEEF"
 
 
