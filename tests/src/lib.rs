@@ -9,6 +9,7 @@ pub mod light_chain;
 pub mod light_server;
 pub mod node_process;
 pub mod producer;
+pub mod proxy_bench;
 pub mod rpc_bench;
 pub mod rpc_support;
 pub mod sim;

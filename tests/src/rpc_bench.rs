@@ -99,7 +99,7 @@ pub fn run(quick: bool) {
 }
 
 /// Requests per second over 32 keep-alive connections.
-async fn http_rps(addr: SocketAddr, request: serde_json::Value, seconds: f64) -> f64 {
+pub async fn http_rps(addr: SocketAddr, request: serde_json::Value, seconds: f64) -> f64 {
     let body = request.to_string().into_bytes();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();

@@ -11,8 +11,18 @@ const SCENARIOS: &[(&str, &str)] = &[
         "light",
         "light client: catch-up, bytes per epoch, head verification, follow RSS, binary size",
     ),
-    ("qc-verify", "QC verification: single, batched, and its parts"),
-    ("rpc", "JSON-RPC: HTTP request rates, newHeads fan-out, memory"),
+    (
+        "proxy",
+        "verified proxy: cached rps vs nginx proxy_cache, miss overhead, 10,000-client fan-out",
+    ),
+    (
+        "qc-verify",
+        "QC verification: single, batched, and its parts",
+    ),
+    (
+        "rpc",
+        "JSON-RPC: HTTP request rates, newHeads fan-out, memory",
+    ),
     (
         "sync",
         "range sync from 1 and 4 throttled peers, and unthrottled (processes)",
@@ -29,6 +39,7 @@ fn main() -> ExitCode {
         Some("consensus") => consensus(quick),
         Some("light") => luxtensor_tests::light_bench::run(quick),
         Some("sync") => luxtensor_tests::sync_bench::run(quick),
+        Some("proxy") => luxtensor_tests::proxy_bench::run(quick),
         Some("rpc") => luxtensor_tests::rpc_bench::run(quick),
         Some("rpc-clients") => luxtensor_tests::rpc_bench::clients(&args[1..]),
         other => {

@@ -1,0 +1,356 @@
+//! `luxtensor-bench proxy`: the verified proxy in front of an in-process
+//! 4-validator devnet, over loopback.
+//!
+//! - `cached_rps`: a finalized `eth_getBlockByNumber` (full transactions)
+//!   answered from the proxy's cache, 32 keep-alive connections;
+//! - `nginx_cached_rps`: the same request through nginx `proxy_cache` (POST
+//!   bodies in the cache key) in front of the same node, in the same run;
+//!   `skipped` when `nginx` is not on the `PATH` (this bench installs nothing);
+//! - `miss_overhead_us_p50`/`_p99`: a verified block fetch through the proxy
+//!   (cache miss: fetched, checked against the verified header) minus the
+//!   same request sent straight to the node, at the same percentile;
+//! - `fanout_p50_ms_10000`/`fanout_p99_ms_10000`: from the proxy's emission
+//!   of a new verified head to the moment each of 10,000 WebSocket clients
+//!   (a child process, `luxtensor-bench rpc-clients`) holds its frame;
+//! - `upstream_subscriptions_new_heads`/`_pending`: the proxy's upstream
+//!   subscriptions while serving them (1 per kind);
+//! - `peak_rss_mb`: this process's peak RSS (the proxy *and* the devnet).
+
+use crate::bench::report;
+use crate::rpc_bench::http_rps;
+use crate::rpc_support::HttpClient;
+use luxtensor_proxy::ProxyConfig;
+use luxtensor_proxy::proxy::ChainEvent;
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BENCH: &str = "proxy";
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos()
+}
+
+/// A line of `/proc/self/status` in MiB (`VmRSS`, `VmHWM`).
+fn status_mb(key: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the scenario and prints its figures.
+pub fn run(quick: bool) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let devnet = luxtensor_proxy::dev::start(4, &dir.path().join("devnet"), 500, 32)
+            .await
+            .expect("devnet");
+        let node = devnet.rpc[1];
+        let config = ProxyConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            metrics: None,
+            upstream_timeout: Duration::from_secs(5),
+            ..ProxyConfig::default()
+        };
+        let running = luxtensor_proxy::start(
+            config,
+            devnet.spec.clone(),
+            None,
+            vec![format!("ws://{}", devnet.rpc[0]), format!("http://{node}")],
+        )
+        .await
+        .expect("proxy");
+        let proxy_addr = running.bound.rpc;
+        let mut client = HttpClient::connect(proxy_addr).await;
+        let mut direct = HttpClient::connect(node).await;
+        let blocks = if quick { 60 } else { 230 };
+        wait_until("finalized blocks", Duration::from_secs(300), async || {
+            running.proxy.finalized().is_some_and(|f| f.number > blocks)
+        })
+        .await;
+        let seconds = if quick { 1.0 } else { 4.0 };
+
+        // --- cached finalized block: the proxy, then nginx in front of the node ---
+        let finalized = format!("{:#x}", running.proxy.finalized().expect("finalized").number);
+        let request = json!({"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":[finalized, true]});
+        let first = client.post_json(&request).await;
+        assert_eq!(first["result"], direct.post_json(&request).await["result"]);
+        let rps = http_rps(proxy_addr, request.clone(), seconds).await;
+        report(BENCH, "cached_rps", rps, "req/s");
+        match Nginx::start(dir.path(), node) {
+            Some(nginx) => {
+                let mut via = HttpClient::connect(nginx.addr).await;
+                let body = request.to_string();
+                via.post(body.as_bytes()).await;
+                let second = via.post(body.as_bytes()).await;
+                assert_eq!(second.header("x-cache"), Some("HIT"), "nginx caches the POST");
+                assert_eq!(second.json()["result"], first["result"]);
+                let rps = http_rps(nginx.addr, request.clone(), seconds).await;
+                report(BENCH, "nginx_cached_rps", rps, "req/s");
+            }
+            None => println!(
+                "{}",
+                json!({"bench": BENCH, "metric": "nginx_cached_rps", "skipped": "nginx is not installed (apt-get install -y nginx-light)"})
+            ),
+        }
+
+        // --- cache misses: a verified block fetch vs the same request to the node ---
+        // The first fetch walks the verified headers back; the others are misses on blocks.
+        client
+            .result("eth_getBlockByNumber", json!(["0x1", true]))
+            .await;
+        let mut through = Vec::new();
+        let mut straight = Vec::new();
+        for n in 2..blocks {
+            let params = json!([format!("{n:#x}"), true]);
+            let t = Instant::now();
+            let theirs = direct.result("eth_getBlockByNumber", params.clone()).await;
+            straight.push(t.elapsed().as_secs_f64() * 1e6);
+            let t = Instant::now();
+            let ours = client.result("eth_getBlockByNumber", params).await;
+            through.push(t.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(ours, theirs, "block {n}");
+        }
+        through.sort_by(f64::total_cmp);
+        straight.sort_by(f64::total_cmp);
+        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+            report(
+                BENCH,
+                &format!("miss_overhead_us_{name}"),
+                percentile(&through, p) - percentile(&straight, p),
+                "us",
+            );
+        }
+        report(BENCH, "miss_direct_us_p50", percentile(&straight, 0.5), "us");
+
+        // --- fan-out of verified heads to many WebSocket clients ---
+        let n = if quick { 1_000 } else { 10_000 };
+        fanout(&running, n, if quick { 4 } else { 8 }).await;
+        report(BENCH, "peak_rss_mb", status_mb("VmHWM:"), "MiB");
+        drop(running);
+        drop(devnet);
+    });
+}
+
+/// Fan-out of the next `events` verified heads to `n` subscribers in a child process.
+async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
+    let proxy = running.proxy.clone();
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "rpc-clients",
+            &running.bound.rpc.to_string(),
+            &n.to_string(),
+            &events.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the client process");
+    // Every emission from now on, with its time (before any client subscribes).
+    let mut heads = proxy.events.subscribe();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let recorder = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                event = heads.recv() => match event {
+                    Ok(event) => {
+                        let t = now_ns();
+                        if let ChainEvent::Heads { added, .. } = &*event {
+                            sent.extend(added.iter().map(|(h, _)| (h.number, t)));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                },
+            }
+        }
+        sent
+    });
+    let stdout = child.stdout.take().expect("piped");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let reader = std::thread::spawn(move || {
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("child output");
+        let _ = ready_tx.send(line.trim() == "ready");
+        line.clear();
+        stdout.read_line(&mut line).expect("child result");
+        line
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(300), ready_rx)
+        .await
+        .expect("the clients subscribed in time")
+        .unwrap_or(false);
+    assert!(ready, "the clients subscribed");
+    let subscriptions = &proxy.counters.upstream_subscriptions;
+    report(
+        BENCH,
+        &format!("rss_mb_{n}_clients"),
+        status_mb("VmRSS:"),
+        "MiB",
+    );
+    report(
+        BENCH,
+        "upstream_subscriptions_new_heads",
+        subscriptions[0].load(Ordering::Relaxed) as f64,
+        "subscriptions",
+    );
+    report(
+        BENCH,
+        "upstream_subscriptions_pending",
+        subscriptions[1].load(Ordering::Relaxed) as f64,
+        "subscriptions",
+    );
+    // Every client waits for `events` heads.
+    let head_now = proxy.head().map_or(0, |h| h.number);
+    let deadline = Instant::now() + Duration::from_secs(60 + 2 * events as u64);
+    while proxy.head().map_or(0, |h| h.number) < head_now + events as u64 + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the devnet stopped producing heads"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop_tx.send(());
+    let sent = recorder.await.expect("recorder");
+    let mut stdin = child.stdin.take().expect("piped");
+    for (number, t) in &sent {
+        writeln!(stdin, "{number} {t}").expect("child input");
+    }
+    drop(stdin);
+    let line = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+        .await
+        .expect("reader");
+    let _ = child.wait();
+    let mut parts = line
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+    let (p50, p99, got) = (
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(0.0),
+    );
+    assert_eq!(got, (n * events) as f64, "every client received every head");
+    report(BENCH, &format!("fanout_p50_ms_{n}"), p50, "ms");
+    report(BENCH, &format!("fanout_p99_ms_{n}"), p99, "ms");
+}
+
+/// nginx with `proxy_cache` in front of one node, in `dir`, if installed.
+struct Nginx {
+    addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(dir: &std::path::Path, upstream: SocketAddr) -> Option<Self> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let root = dir.join("nginx");
+        std::fs::create_dir_all(root.join("cache")).ok()?;
+        let addr: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            l.local_addr().ok()?
+        };
+        let r = root.display();
+        let conf = format!(
+            r#"worker_processes 2;
+daemon off;
+pid {r}/nginx.pid;
+error_log {r}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {r}/body;
+    proxy_temp_path {r}/proxy;
+    fastcgi_temp_path {r}/fastcgi;
+    uwsgi_temp_path {r}/uwsgi;
+    scgi_temp_path {r}/scgi;
+    proxy_cache_path {r}/cache levels=1:2 keys_zone=rpc:16m max_size=256m inactive=10m;
+    upstream node {{ server {upstream}; keepalive 32; }}
+    server {{
+        listen {addr};
+        client_body_buffer_size 64k;
+        location / {{
+            proxy_pass http://node;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache rpc;
+            proxy_cache_methods POST;
+            proxy_cache_key "$request_uri|$request_body";
+            proxy_cache_valid 200 10m;
+            proxy_ignore_headers Cache-Control Expires Set-Cookie;
+            add_header X-Cache $upstream_cache_status;
+        }}
+    }}
+}}
+"#
+        );
+        let path = root.join("nginx.conf");
+        std::fs::write(&path, conf).ok()?;
+        // Workers run as `nobody` when started by root: they write the cache.
+        let _ = std::process::Command::new("chmod")
+            .args(["-R", "a+rwx"])
+            .arg(dir)
+            .status();
+        let child = std::process::Command::new(binary)
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(&root)
+            .arg("-e")
+            .arg(root.join("error.log"))
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "nginx did not start: {}",
+                    std::fs::read_to_string(root.join("error.log")).unwrap_or_default()
+                );
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self { addr, child })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
