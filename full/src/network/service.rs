@@ -80,6 +80,9 @@ pub enum NetworkEvent {
         peer: PeerId,
         /// Our request.
         id: OutboundRequestId,
+        /// Whether it failed by running out of time (the asker decides
+        /// whether that is the peer's fault).
+        timed_out: bool,
     },
     /// A peer connected.
     PeerConnected(PeerId),
@@ -406,6 +409,7 @@ impl Network {
                     Some(NetworkEvent::RequestFailed {
                         peer,
                         id: request_id,
+                        timed_out: false,
                     })
                 }
             },
@@ -416,21 +420,19 @@ impl Network {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
-                let why = match error {
-                    request_response::OutboundFailure::Timeout => Misbehaviour::Timeout,
-                    request_response::OutboundFailure::Io(_) => Misbehaviour::Malformed,
-                    _ => Misbehaviour::Timeout,
-                };
-                if !matches!(
-                    error,
-                    request_response::OutboundFailure::ConnectionClosed
-                        | request_response::OutboundFailure::DialFailure
-                ) {
-                    self.penalise(peer, why);
+                // A timeout is judged by whoever asked (the sync scheduler's
+                // adaptive deadlines are the ones that count); a closed
+                // connection is no fault. Broken streams are.
+                if let request_response::OutboundFailure::Io(_)
+                | request_response::OutboundFailure::UnsupportedProtocols = error
+                {
+                    self.penalise(peer, Misbehaviour::Malformed);
                 }
+                let timed_out = matches!(error, request_response::OutboundFailure::Timeout);
                 Some(NetworkEvent::RequestFailed {
                     peer,
                     id: request_id,
+                    timed_out,
                 })
             }
             Event::InboundFailure { peer, error, .. } => {

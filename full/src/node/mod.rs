@@ -386,7 +386,15 @@ impl Node {
                     }
                 }
             }
-            NetworkEvent::RequestFailed { peer, id } => self.sync.on_failure(peer, id),
+            NetworkEvent::RequestFailed {
+                peer,
+                id,
+                timed_out,
+            } => {
+                if let Some(why) = self.sync.on_failure(peer, id, timed_out) {
+                    self.network.penalise(peer, why);
+                }
+            }
             NetworkEvent::PeerConnected(peer) => {
                 tracing::info!(%peer, peers = self.network.peer_count(), "peer connected");
                 self.network.request(peer, &SyncRequest::Status);

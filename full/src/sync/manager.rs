@@ -26,6 +26,8 @@ use std::collections::{BTreeMap, HashMap};
 pub const SYNC_DISTANCE: u64 = 32;
 /// Close enough to the best peer to hand over to gossip.
 pub const CAUGHT_UP_DISTANCE: u64 = 4;
+/// Header ranges in flight or received ahead of the queue at once.
+pub const MAX_HEADER_REQUESTS: usize = 4;
 
 /// What a request the manager asked for is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +76,13 @@ pub struct SyncManager {
     protocol: SyncProtocol<PeerId>,
     peers: HashMap<PeerId, u64>,
     requests: HashMap<OutboundRequestId, (PeerId, Tag)>,
-    headers_in_flight: bool,
+    /// Header ranges asked for, by first number: (peer, count). Several are
+    /// in flight at once, each to the least loaded peer, so that headers keep
+    /// ahead of the bodies however busy any one peer is.
+    header_requests: BTreeMap<u64, (PeerId, u64)>,
+    /// Header pages received ahead of the queue, by first number (bounded
+    /// by [`MAX_HEADER_REQUESTS`] pages).
+    header_pages: BTreeMap<u64, (PeerId, Vec<SignedHeader>)>,
     /// Header requests that failed (no answer, empty, wrong or refused
     /// headers) per peer since its last good answer: headers go to the peer
     /// with the fewest, so a best peer that does not serve headers is not
@@ -106,7 +114,8 @@ impl SyncManager {
             config,
             peers: HashMap::new(),
             requests: HashMap::new(),
-            headers_in_flight: false,
+            header_requests: BTreeMap::new(),
+            header_pages: BTreeMap::new(),
             header_failures: HashMap::new(),
             header_sources: BTreeMap::new(),
             headers: BTreeMap::new(),
@@ -148,20 +157,29 @@ impl SyncManager {
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
-            if let Some((_, Tag::Headers(_))) = self.requests.remove(&id) {
-                self.headers_in_flight = false;
+            if let Some((_, Tag::Headers(start))) = self.requests.remove(&id) {
+                self.header_requests.remove(&start);
             }
         }
     }
 
-    /// Who to ask for headers from `next` on, and how far its chain reaches.
+    /// Who to ask for headers from `next` on: among the peers whose chain
+    /// reaches it, the one that failed to serve headers least often, then the
+    /// least loaded (header and body requests in flight: a peer serves its
+    /// requests one after another), then the one with the longest chain.
     fn header_peer(&self, next: u64) -> Option<(PeerId, u64)> {
         self.peers
             .iter()
             .filter(|(_, best)| **best >= next)
             .min_by_key(|(peer, best)| {
                 let failures = self.header_failures.get(*peer).copied().unwrap_or(0);
-                (failures, std::cmp::Reverse(**best), **peer)
+                let headers = self
+                    .header_requests
+                    .values()
+                    .filter(|(p, _)| p == *peer)
+                    .count();
+                let load = headers + self.protocol.peer_in_flight(peer);
+                (failures, load, std::cmp::Reverse(**best), **peer)
             })
             .map(|(p, b)| (*p, *b))
     }
@@ -202,31 +220,7 @@ impl SyncManager {
         for (peer, id) in self.protocol.check_timeouts(now_ms) {
             tracing::debug!(%peer, ?id, "sync batch timed out");
         }
-        // Headers: one request at a time, from the peer that failed to serve
-        // headers least often, then the best one.
-        let next_header = self
-            .protocol
-            .last_queued()
-            .map_or(head.number + 1, |(number, _)| number + 1);
-        let room = self.protocol.queue_capacity();
-        if let Some((peer, target)) = self.header_peer(next_header)
-            && !self.headers_in_flight
-            && next_header <= target
-            && room > 0
-        {
-            let count = (target - next_header + 1)
-                .min(u64::from(self.config.max_blocks_per_request))
-                .min(room as u64);
-            out.push(Outgoing {
-                peer,
-                request: SyncRequest::HeadersByRange {
-                    start: next_header,
-                    count,
-                },
-                tag: Tag::Headers(next_header),
-            });
-            self.headers_in_flight = true;
-        }
+        self.request_headers(head, &mut out);
         while let Some((peer, batch)) = self.protocol.next_request(now_ms) {
             out.push(Outgoing {
                 peer,
@@ -238,6 +232,84 @@ impl SyncManager {
             });
         }
         out
+    }
+
+    /// Asks for the next header ranges not yet asked for or received, up to
+    /// [`MAX_HEADER_REQUESTS`] at once and within the queue's room.
+    fn request_headers(&mut self, head: &Header, out: &mut Vec<Outgoing>) {
+        let mut next = self
+            .protocol
+            .last_queued()
+            .map_or(head.number + 1, |(number, _)| number + 1);
+        let held: u64 = self
+            .header_requests
+            .values()
+            .map(|(_, count)| *count)
+            .chain(self.header_pages.values().map(|(_, page)| page.len() as u64))
+            .sum();
+        let mut room = (self.protocol.queue_capacity() as u64).saturating_sub(held);
+        while self.header_requests.len() + self.header_pages.len() < MAX_HEADER_REQUESTS {
+            if let Some((_, page)) = self.header_pages.get(&next) {
+                next += page.len() as u64;
+                continue;
+            }
+            if let Some((_, count)) = self.header_requests.get(&next) {
+                next += count;
+                continue;
+            }
+            let Some((peer, target)) = self.header_peer(next) else {
+                return;
+            };
+            if room == 0 || next > target {
+                return;
+            }
+            let count = (target - next + 1)
+                .min(u64::from(self.config.max_blocks_per_request))
+                .min(room);
+            out.push(Outgoing {
+                peer,
+                request: SyncRequest::HeadersByRange { start: next, count },
+                tag: Tag::Headers(next),
+            });
+            self.header_requests.insert(next, (peer, count));
+            room -= count;
+            next += count;
+        }
+    }
+
+    /// Queues the received header pages that continue the queue, in order.
+    fn drain_header_pages(&mut self, penalties: &mut Vec<(PeerId, Misbehaviour)>) {
+        loop {
+            let next = self
+                .protocol
+                .last_queued()
+                .map_or(self.anchor.0 + 1, |(number, _)| number + 1);
+            let Some((peer, headers)) = self.header_pages.remove(&next) else {
+                return;
+            };
+            if self.protocol.last_queued().is_none()
+                && headers[0].header.parent_hash != self.anchor.1
+            {
+                // Not our chain (or our head moved on): ask again later.
+                tracing::debug!(%peer, start = next, "headers do not extend our head");
+                self.header_failed(peer);
+                return;
+            }
+            match self.protocol.queue_headers(&headers) {
+                Ok(_) => {
+                    self.header_failures.remove(&peer);
+                    self.header_sources.insert(next, peer);
+                    for header in headers {
+                        self.headers.insert(header.header.number, header);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "headers refused");
+                    self.header_failed(peer);
+                    penalties.push((peer, Misbehaviour::InvalidData));
+                }
+            }
+        }
     }
 
     /// Records the network id of a request returned by [`Self::poll_requests`].
@@ -259,37 +331,23 @@ impl SyncManager {
         let mut penalties = Vec::new();
         match (tag, response) {
             (Tag::Headers(start), SyncResponse::Headers(headers)) => {
-                self.headers_in_flight = false;
+                self.header_requests.remove(&start);
                 if self.active.is_none() {
                     return vec![];
                 }
+                let linked = headers.windows(2).all(|w| {
+                    w[1].header.number == w[0].header.number + 1
+                        && w[1].header.parent_hash == w[0].header.hash()
+                });
                 if headers.is_empty() {
                     self.header_failed(peer);
                     penalties.push((peer, Misbehaviour::ShortResponse));
-                } else if headers[0].header.number != start {
+                } else if headers[0].header.number != start || !linked {
                     self.header_failed(peer);
                     penalties.push((peer, Misbehaviour::ProtocolViolation));
-                } else if self.protocol.last_queued().is_none()
-                    && (start != self.anchor.0 + 1
-                        || headers[0].header.parent_hash != self.anchor.1)
-                {
-                    // Not our chain (or our head moved on): try again later.
-                    tracing::debug!(%peer, start, "headers do not extend our head");
                 } else {
-                    match self.protocol.queue_headers(&headers) {
-                        Ok(_) => {
-                            self.header_failures.remove(&peer);
-                            self.header_sources.insert(start, peer);
-                            for header in headers {
-                                self.headers.insert(header.header.number, header);
-                            }
-                        }
-                        Err(error) => {
-                            tracing::debug!(%peer, %error, "headers refused");
-                            self.header_failed(peer);
-                            penalties.push((peer, Misbehaviour::InvalidData));
-                        }
-                    }
+                    self.header_pages.insert(start, (peer, headers));
+                    self.drain_header_pages(&mut penalties);
                 }
             }
             (Tag::Batch(batch), SyncResponse::Blocks(blocks)) => {
@@ -297,8 +355,8 @@ impl SyncManager {
                     tracing::debug!(%peer, %error, "late or unknown batch answer");
                 }
             }
-            (Tag::Headers(_), _) => {
-                self.headers_in_flight = false;
+            (Tag::Headers(start), _) => {
+                self.header_requests.remove(&start);
                 self.header_failed(peer);
                 penalties.push((peer, Misbehaviour::ProtocolViolation));
             }
@@ -311,17 +369,26 @@ impl SyncManager {
         penalties
     }
 
-    /// One of our requests failed on the network.
-    pub fn on_failure(&mut self, peer: PeerId, id: OutboundRequestId) {
+    /// One of our requests failed on the network; returns a penalty for a
+    /// header request that ran out of time (body batches have the
+    /// scheduler's own, adaptive deadlines, penalised through [`Self::penalties`]).
+    pub fn on_failure(
+        &mut self,
+        peer: PeerId,
+        id: OutboundRequestId,
+        timed_out: bool,
+    ) -> Option<Misbehaviour> {
         match self.requests.remove(&id) {
-            Some((_, Tag::Headers(_))) => {
-                self.headers_in_flight = false;
+            Some((_, Tag::Headers(start))) => {
+                self.header_requests.remove(&start);
                 self.header_failed(peer);
+                timed_out.then_some(Misbehaviour::Timeout)
             }
             Some((_, Tag::Batch(batch))) => {
                 let _ = self.protocol.handle_failure(&peer, batch);
+                None
             }
-            None => {}
+            None => None,
         }
     }
 
@@ -393,7 +460,8 @@ impl SyncManager {
             let _ = self.protocol.add_peer(*peer, *best);
         }
         self.requests.clear();
-        self.headers_in_flight = false;
+        self.header_requests.clear();
+        self.header_pages.clear();
         self.header_sources.clear();
         self.headers.clear();
     }

@@ -653,8 +653,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
                 .peers
                 .iter()
                 .filter(|(peer, state)| {
-                    state.in_flight < self.config.max_parallel_downloads
-                        && self.eligible(peer, state, number, entry)
+                    self.has_room(peer, state) && self.eligible(peer, state, number, entry)
                 })
                 .min_by(|(a, sa), (b, sb)| {
                     let key = |s: &PeerState| {
@@ -1010,6 +1009,23 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
                 .any(|(other, s)| other != peer && s.has(number)),
             _ => true,
         }
+    }
+
+    /// Whether `peer` may take one more batch: under the parallel limit, and
+    /// (once it has one in flight) expected to deliver another behind those
+    /// it holds within the timeout bound. A slow peer's queue stays short, so
+    /// its batches do not expire while they wait behind each other (a peer
+    /// serves its batches one after another).
+    fn has_room(&self, peer: &P, state: &PeerState) -> bool {
+        if state.in_flight >= self.config.max_parallel_downloads {
+            return false;
+        }
+        state.in_flight == 0
+            || state
+                .expected_ms(self.batch_limit(peer))
+                .is_none_or(|e| {
+                    e.saturating_mul(self.config.timeout_factor) <= self.config.request_timeout_ms
+                })
     }
 
     /// The timeout of a new batch of `blocks` on a peer in `state`.
