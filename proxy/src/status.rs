@@ -888,6 +888,116 @@ mod tests {
         assert_eq!(format_tokens(TOKEN / U256::from(3)), "0.3333");
     }
 
+    /// A proxy over an unreachable upstream, trusting genesis (no head).
+    fn fresh_proxy() -> Arc<Proxy> {
+        use luxtensor_light::client::{
+            AgePolicy, Checkpoint, CheckpointMaterial, Config, LightClient,
+        };
+        let spec = ChainSpec::devnet(4);
+        let policy = AgePolicy {
+            current_epoch: 0,
+            allow_old: false,
+        };
+        let state = Checkpoint::genesis(&spec)
+            .trust(&spec, CheckpointMaterial::None, policy)
+            .unwrap();
+        let light = LightClient::new(spec.clone(), state, Config::default()).unwrap();
+        let pool = crate::pool::Pool::new(
+            &["http://127.0.0.1:9".to_string()],
+            Duration::from_millis(200),
+            Default::default(),
+        )
+        .unwrap();
+        Proxy::new(crate::ProxyConfig::default(), spec, pool, light)
+    }
+
+    /// Sends `GET path` and returns the status line and what arrived within `wait`.
+    async fn get(addr: std::net::SocketAddr, path: &str, wait: Duration) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.lines().next().unwrap_or_default().to_string();
+        (status, text)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn served_page_json_and_bounded_event_streams() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(fresh_proxy());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let wait = Duration::from_secs(3);
+
+        let (status, page) = get(addr, "/", wait).await;
+        assert!(status.contains("200"), "{status}");
+        assert!(page.contains("id=\"upstreams\""));
+
+        let (status, body) = get(addr, "/status.json", wait).await;
+        assert!(status.contains("200"), "{status}");
+        let json: serde_json::Value =
+            serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(json["kind"], "proxy");
+        assert_eq!(json["head"], serde_json::Value::Null);
+        assert_eq!(json["validators"].as_array().unwrap().len(), 4);
+        assert_eq!(json["upstreams"][0]["name"], "http://127.0.0.1:9");
+        assert!(json["history"].is_array());
+        assert!(
+            json["alarms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["code"] == "head-stalled"),
+            "{json}"
+        );
+
+        // The first event comes within the sampler's period.
+        let (status, events) = get(addr, "/status/events", wait).await;
+        assert!(status.contains("200"), "{status}");
+        assert!(events.contains("event: status"), "{events}");
+        assert!(events.contains("\"kind\":\"proxy\""));
+
+        // MAX_VIEWERS streams held open (each has its answer's head); one more is refused.
+        let mut held = Vec::new();
+        for _ in 0..MAX_VIEWERS {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(b"GET /status/events HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = [0u8; 12];
+            tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head))
+                .await
+                .expect("the stream answers in time")
+                .unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200");
+            held.push(tcp);
+        }
+        let (status, _) = get(addr, "/status/events", Duration::from_secs(1)).await;
+        assert!(status.contains("503"), "{status}");
+        drop(held);
+        let mut freed = false;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (status, _) = get(addr, "/status/events", Duration::from_millis(1500)).await;
+            if status.contains("200") {
+                freed = true;
+                break;
+            }
+        }
+        assert!(freed, "closed viewers give their slots back");
+    }
+
     #[test]
     fn the_page_is_the_shared_one_with_the_proxy_sections() {
         assert!(STATUS_PAGE.contains("id=\"upstreams\""));
