@@ -44,6 +44,7 @@ pub mod methods;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod rpc;
 pub mod score;
 pub mod server;

@@ -20,7 +20,7 @@ pub fn render(proxy: &Proxy) -> String {
         .trusted_state()
         .epoch;
     let c = &proxy.counters;
-    let gauges: [(&str, &str, u64); 14] = [
+    let gauges: [(&str, &str, u64); 15] = [
         (
             "lux_proxy_verified_head",
             "Number of the verified head",
@@ -41,6 +41,11 @@ pub fn render(proxy: &Proxy) -> String {
             "lux_proxy_coalesced_total",
             "Calls joined to an identical one in flight",
             c.coalesced.load(Ordering::Relaxed),
+        ),
+        (
+            "lux_proxy_rate_limited_total",
+            "Calls refused by the per-client rate limit",
+            c.rate_limited.load(Ordering::Relaxed),
         ),
         (
             "lux_proxy_verification_failures_total",

@@ -61,6 +61,10 @@ pub struct ProxyConfig {
     pub allow_methods: Option<Vec<String>>,
     /// Requests must carry one of these keys (`?key=` or `x-api-key`), if set.
     pub api_keys: Option<Vec<String>>,
+    /// Calls per second per client IP address, if set (default: no limit;
+    /// the default address is loopback). Over it, a call is answered with
+    /// error -32005 and the milliseconds to wait.
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
 }
 
 impl Default for ProxyConfig {
@@ -84,6 +88,7 @@ impl Default for ProxyConfig {
             max_logs: 10_000,
             allow_methods: None,
             api_keys: None,
+            rate_limit: None,
         }
     }
 }
@@ -156,6 +161,8 @@ pub struct Counters {
     pub requests: AtomicU64,
     /// Upstream requests coalesced into one already in flight.
     pub coalesced: AtomicU64,
+    /// Calls refused by the per-client rate limit.
+    pub rate_limited: AtomicU64,
 }
 
 type InFlight = Shared<BoxFuture<'static, Result<Arc<str>, RpcFailure>>>;
@@ -185,6 +192,8 @@ pub struct Proxy {
     pub events: broadcast::Sender<Arc<ChainEvent>>,
     /// Counters.
     pub counters: Counters,
+    /// Per-client rate limit, if configured.
+    pub limiter: Option<Mutex<crate::ratelimit::RateLimiter>>,
     /// The follower's driver (set when it starts).
     pub driver: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::follower::DriverMsg>>,
 }
@@ -211,6 +220,9 @@ impl Proxy {
             events,
             counters: Counters::default(),
             driver: std::sync::OnceLock::new(),
+            limiter: config
+                .rate_limit
+                .map(|l| Mutex::new(crate::ratelimit::RateLimiter::new(l))),
             config,
             spec,
             pool,

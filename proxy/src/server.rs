@@ -25,13 +25,13 @@ use axum::body::Bytes;
 use axum::extract::ws::{
     CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -74,7 +74,8 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
         .layer(DefaultBodyLimit::max(proxy.config.max_body_bytes))
         .with_state(proxy.clone());
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, service).await;
     });
     let metrics = match proxy.config.metrics {
         Some(addr) => {
@@ -113,6 +114,7 @@ fn authorized(proxy: &Proxy, headers: &HeaderMap, query: &Option<String>) -> boo
 
 async fn http_get(
     State(proxy): State<Arc<Proxy>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -130,7 +132,7 @@ async fn http_get(
             ws.max_message_size(max)
                 .max_frame_size(max)
                 .read_buffer_size(4 * 1024)
-                .on_upgrade(move |socket| websocket(socket, proxy))
+                .on_upgrade(move |socket| websocket(socket, proxy, peer.ip()))
         }
         Err(_) => StatusCode::OK.into_response(),
     }
@@ -138,6 +140,7 @@ async fn http_get(
 
 async fn http_post(
     State(proxy): State<Arc<Proxy>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -145,7 +148,7 @@ async fn http_post(
     if !authorized(&proxy, &headers, &query) {
         return (StatusCode::UNAUTHORIZED, "missing or unknown API key\n").into_response();
     }
-    match handle_body(&proxy, &body).await {
+    match handle_body_from(&proxy, &body, Some(peer.ip())).await {
         Some(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
         None => StatusCode::OK.into_response(),
     }
@@ -153,10 +156,20 @@ async fn http_post(
 
 /// Answers a body (one call or a batch) that has no subscriptions in it.
 pub async fn handle_body(proxy: &Arc<Proxy>, body: &[u8]) -> Option<String> {
-    let (batch, calls) = match rpc::parse_body(body, proxy.config.max_batch_len) {
+    handle_body_from(proxy, body, None).await
+}
+
+/// [`handle_body`] for a `client` (subject to the per-client rate limit).
+pub async fn handle_body_from(
+    proxy: &Arc<Proxy>,
+    body: &[u8],
+    client: Option<IpAddr>,
+) -> Option<String> {
+    let (batch, mut calls) = match rpc::parse_body(body, proxy.config.max_batch_len) {
         Ok(parsed) => parsed,
         Err(error) => return Some(error),
     };
+    rate_limit(proxy, client, &mut calls);
     let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
         match call {
             Parsed::Invalid { id, error } => Some(rpc::error_response(&id, &error)),
@@ -168,6 +181,40 @@ pub async fn handle_body(proxy: &Arc<Proxy>, body: &[u8]) -> Option<String> {
     }))
     .await;
     rpc::join(batch, answers.into_iter().flatten().collect())
+}
+
+/// Applies the per-client rate limit: each call over it is answered with
+/// error -32005 (`data.retryAfterMs`: when the next call is allowed); a
+/// notification over it is dropped.
+fn rate_limit(proxy: &Proxy, client: Option<IpAddr>, calls: &mut Vec<Parsed>) {
+    let (Some(limiter), Some(client)) = (&proxy.limiter, client) else {
+        return;
+    };
+    let now = proxy.pool.now_ms();
+    let mut limiter = limiter.lock().expect("not poisoned");
+    let limit = limiter.limit();
+    calls.retain_mut(|call| {
+        let Parsed::Call { id, .. } = call else {
+            return true;
+        };
+        let Err(wait_ms) = limiter.check(client, now) else {
+            return true;
+        };
+        proxy.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let Some(id) = id.take() else {
+            return false;
+        };
+        let mut error = RpcFailure::new(
+            -32005,
+            format!(
+                "rate limit exceeded: at most {} calls per second per client (bursts of {}); retry in {wait_ms} ms",
+                limit.per_second, limit.burst
+            ),
+        );
+        error.data = Some(serde_json::json!({ "retryAfterMs": wait_ms }));
+        *call = Parsed::Invalid { id, error };
+        true
+    });
 }
 
 /// What one subscription wants.
@@ -289,7 +336,7 @@ fn notify(id: &str, sub: &Sub, event: &ChainEvent, out: &mut Vec<String>) {
 const SLOW: &str = "send queue full: the client does not read fast enough";
 
 /// One WebSocket connection.
-async fn websocket(socket: WebSocket, proxy: Arc<Proxy>) {
+async fn websocket(socket: WebSocket, proxy: Arc<Proxy>, client: IpAddr) {
     proxy
         .counters
         .ws_connections
@@ -324,7 +371,7 @@ async fn websocket(socket: WebSocket, proxy: Arc<Proxy>) {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => continue,
                 };
-                if !handle_ws_text(&proxy, &text, &queue, &mut subs, &mut events) {
+                if !handle_ws_text(&proxy, client, &text, &queue, &mut subs, &mut events) {
                     slow = true;
                     break;
                 }
@@ -378,15 +425,17 @@ async fn websocket(socket: WebSocket, proxy: Arc<Proxy>) {
 /// Handles one WebSocket message; `false` if the client's queue is full.
 fn handle_ws_text(
     proxy: &Arc<Proxy>,
+    client: IpAddr,
     text: &str,
     queue: &mpsc::Sender<Message>,
     subs: &mut HashMap<String, Sub>,
     events: &mut Option<broadcast::Receiver<Arc<ChainEvent>>>,
 ) -> bool {
-    let (batch, calls) = match rpc::parse_body(text.as_bytes(), proxy.config.max_batch_len) {
+    let (batch, mut calls) = match rpc::parse_body(text.as_bytes(), proxy.config.max_batch_len) {
         Ok(parsed) => parsed,
         Err(error) => return queue.try_send(Message::Text(error.into())).is_ok(),
     };
+    rate_limit(proxy, Some(client), &mut calls);
     // Subscriptions are answered here, in order, before any notification;
     // other calls run in a task that queues its answer.
     let mut immediate = Vec::new();

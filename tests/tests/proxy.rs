@@ -501,3 +501,62 @@ async fn fan_out_survives_the_subscription_upstream_dying() {
         started.elapsed()
     );
 }
+
+/// A per-client rate limit of 1 call a second (bursts of 5): over HTTP a
+/// batch of 8 gets 5 answers and 3 errors -32005 saying when to retry; the
+/// same client over WebSocket is refused too; after the wait it is served
+/// again; the refusals are counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_limit_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let devnet = luxtensor_proxy::dev::start(4, &dir.path().join("devnet"), 500, 8)
+        .await
+        .unwrap();
+    let config = ProxyConfig {
+        rate_limit: Some(luxtensor_proxy::ratelimit::RateLimit {
+            per_second: 1,
+            burst: 5,
+        }),
+        ..config()
+    };
+    let running = luxtensor_proxy::start(
+        config,
+        devnet.spec.clone(),
+        None,
+        vec![format!("http://{}", devnet.rpc[0])],
+    )
+    .await
+    .unwrap();
+    let mut http = HttpClient::connect(running.bound.rpc).await;
+    let batch: Vec<Value> = (0..8)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "eth_chainId", "params": []}))
+        .collect();
+    let answers = http.post_json(&json!(batch)).await;
+    let answers = answers.as_array().expect("a batch answer");
+    assert_eq!(answers.len(), 8);
+    let served = answers.iter().filter(|a| a.get("result").is_some()).count();
+    assert_eq!(served, 5, "{answers:?}");
+    for refused in answers.iter().filter(|a| a.get("error").is_some()) {
+        assert_eq!(refused["error"]["code"], -32005, "{refused}");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("rate limit exceeded"), "{message}");
+        let wait = refused["error"]["data"]["retryAfterMs"].as_u64().unwrap();
+        assert!((1..=1_000).contains(&wait), "{wait}");
+    }
+    // The same client (by address) over WebSocket: still over its limit.
+    let mut ws = WsClient::connect(running.bound.rpc).await;
+    let answer = ws.call("eth_chainId", json!([])).await;
+    assert_eq!(answer["error"]["code"], -32005, "{answer}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let answer = ws.call("eth_chainId", json!([])).await;
+    assert_eq!(
+        answer["result"],
+        json!(format!("{:#x}", devnet.spec.chain_id)),
+        "served again after the wait: {answer}"
+    );
+    let metrics = luxtensor_proxy::metrics::render(&running.proxy);
+    assert!(
+        metrics.contains("lux_proxy_rate_limited_total 4"),
+        "{metrics}"
+    );
+}

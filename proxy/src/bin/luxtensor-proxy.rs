@@ -40,6 +40,13 @@ struct Cli {
     /// Require one of these API keys (`x-api-key` header or `?key=`), comma-separated.
     #[arg(long, value_delimiter = ',', env = "LUXTENSOR_PROXY_API_KEYS")]
     api_keys: Option<Vec<String>>,
+    /// Limit each client IP address to this many calls per second (every
+    /// call of a batch counts); over it, calls get error -32005. Default: no limit.
+    #[arg(long, value_name = "CALLS")]
+    rate_limit: Option<u32>,
+    /// Calls a client may make at once under --rate-limit (default: one second's worth).
+    #[arg(long, value_name = "CALLS", requires = "rate_limit")]
+    rate_burst: Option<u32>,
     /// Start a local devnet in this process and front it.
     #[arg(long)]
     dev: bool,
@@ -74,6 +81,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         cache_bytes: cli.cache_mb.max(1) << 20,
         allow_methods: cli.allow_methods,
         api_keys: cli.api_keys,
+        rate_limit: cli
+            .rate_limit
+            .map(|per_second| luxtensor_proxy::ratelimit::RateLimit {
+                per_second,
+                burst: cli.rate_burst.unwrap_or(per_second),
+            }),
         ..ProxyConfig::default()
     };
     let checkpoint = cli
