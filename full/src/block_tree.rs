@@ -68,8 +68,12 @@ impl TreeNode {
             && header.slot == header.parent_qc.slot + 1
             && header.parent_qc.slot >= rotation.ending_block_slot();
         if ending_final {
-            let set = ValidatorSet::new(rotation.current_validators().to_vec())
-                .expect("the rotation never produces an invalid set");
+            // Keys carried over from this epoch are not decoded again.
+            let set = ValidatorSet::new_reusing_keys(
+                rotation.current_validators().to_vec(),
+                &self.epoch_set,
+            )
+            .expect("the rotation never produces an invalid set");
             (header.epoch + 1, set)
         } else {
             (header.epoch, self.epoch_set.clone())
@@ -171,7 +175,17 @@ impl BlockTree {
     /// body, execution) and adds it. Adding a block also certifies its
     /// parent with the QC it carries, which may finalize blocks.
     pub fn insert(&mut self, block: Block) -> Result<Finalized, TreeError> {
-        let hash = block.hash();
+        self.insert_hashed(block.hash(), block)
+    }
+
+    /// [`Self::insert`] for a block whose hash the caller already computed
+    /// (`hash` must be `block.hash()`).
+    pub(crate) fn insert_hashed(
+        &mut self,
+        hash: B256,
+        block: Block,
+    ) -> Result<Finalized, TreeError> {
+        debug_assert_eq!(hash, block.hash());
         if self.nodes.contains_key(&hash) {
             return Ok(Vec::new());
         }

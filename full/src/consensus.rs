@@ -30,7 +30,7 @@ use luxtensor_light::evidence::{DoubleProposal, DoubleVote};
 use luxtensor_light::qc::{SharedVerifiedCache, VerifiedCache, verify_votes_cached};
 use luxtensor_light::{
     Block, BlsPublicKey, BlsSecretKey, ChainSpec, Evidence, Header, QcBuilder, QuorumCert,
-    SignedHeader, SignedTransaction, ValidatorSet, Vote,
+    SignedHeader, SignedTransaction, ValidatorSet, Vote, bls,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -197,7 +197,8 @@ pub struct Engine {
     early_votes: VecDeque<(u64, Vote)>,
     early_qcs: VecDeque<QuorumCert>,
     mempool: Mempool,
-    recent_finalized: VecDeque<Block>,
+    /// Recently finalized blocks with their hashes (requests name a hash).
+    recent_finalized: VecDeque<(B256, Block)>,
     actions: VecDeque<Action>,
     now_ms: u64,
     last_proposed_slot: u64,
@@ -522,7 +523,21 @@ impl Engine {
             &set,
             candidates,
         );
-        Some(built.seal(key, self.spec.chain_id))
+        let block = built.seal(key, self.spec.chain_id);
+        // This key is member `proposer` of `set` (checked above), so its
+        // seal is valid by construction: importing the block need not pair it.
+        let root = bls::proposal_signing_root(self.spec.chain_id, &block.header.hash());
+        let entry = VerifiedCache::signature_key(
+            &root,
+            &set,
+            proposer as u32,
+            &block.header.proposer_signature,
+        );
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(entry);
+        Some(block)
     }
 
     /// A message from a peer.
@@ -539,8 +554,8 @@ impl Engine {
         let block = self.tree.get(&hash).map(|n| n.block.clone()).or_else(|| {
             self.recent_finalized
                 .iter()
-                .find(|b| b.hash() == hash)
-                .cloned()
+                .find(|(h, _)| *h == hash)
+                .map(|(_, b)| b.clone())
         });
         if let Some(block) = block {
             self.actions
@@ -566,13 +581,13 @@ impl Engine {
             return;
         }
         let parent_qc = block.header.parent_qc.clone();
-        match self.tree.insert(block.clone()) {
+        match self.tree.insert_hashed(hash, block.clone()) {
             Ok(finalized) => {
                 *self.blocks_per_proposer.entry(proposer_key).or_default() += 1;
                 self.note_certificate(&parent_qc);
                 self.on_finalized(finalized);
-                self.detect_double_proposal(&block);
-                self.maybe_vote(&block);
+                self.detect_double_proposal(hash, &block);
+                self.maybe_vote(hash, &block);
                 self.replay_waiting(hash);
             }
             Err(TreeError::UnknownParent(parent)) => {
@@ -656,14 +671,14 @@ impl Engine {
         }
     }
 
-    fn detect_double_proposal(&mut self, block: &Block) {
-        let Some(node) = self.tree.get(&block.hash()) else {
+    fn detect_double_proposal(&mut self, hash: B256, block: &Block) {
+        let Some(node) = self.tree.get(&hash) else {
             return;
         };
         let proposer = node.epoch_set.validators()[block.header.proposer_index as usize].public_key;
         let key = (block.header.slot, proposer);
         match self.proposals_seen.get(&key) {
-            Some(first) if first.hash() != block.hash() => {
+            Some(first) if first.hash() != hash => {
                 let evidence = Evidence::DoubleProposal(Box::new(DoubleProposal {
                     first: first.clone(),
                     second: block.header.clone(),
@@ -689,7 +704,7 @@ impl Engine {
         self.evidence.push(evidence);
     }
 
-    fn maybe_vote(&mut self, block: &Block) {
+    fn maybe_vote(&mut self, hash: B256, block: &Block) {
         let Some(key) = self.key.clone() else { return };
         let header = &block.header;
         let slot = header.slot;
@@ -703,7 +718,7 @@ impl Engine {
         if header.parent_qc.slot < lock {
             return;
         }
-        let Some(node) = self.tree.get(&block.hash()) else {
+        let Some(node) = self.tree.get(&hash) else {
             return;
         };
         let Some(index) = node
@@ -716,7 +731,7 @@ impl Engine {
         };
         let request = SigningRequest::Vote {
             slot,
-            block_hash: block.hash(),
+            block_hash: hash,
         };
         if self.protection.record_lock(header.parent_qc.slot).is_err()
             || self.protection.check_and_record(request).is_err()
@@ -724,7 +739,14 @@ impl Engine {
             self.stats.refused_by_protection += 1;
             return;
         }
-        let vote = Vote::sign(&key, self.spec.chain_id, slot, block.hash(), index as u32);
+        let vote = Vote::sign_cached(
+            &key,
+            self.spec.chain_id,
+            slot,
+            hash,
+            index as u32,
+            &self.verified,
+        );
         self.stats.votes += 1;
         let epoch = header.epoch;
         self.actions.push_back(Action::Broadcast(Message::Vote {
@@ -886,22 +908,43 @@ impl Engine {
             }
             return;
         }
-        let pool = self
-            .pools
-            .entry((vote.slot, vote.block_hash))
-            .or_insert_with(|| QcBuilder::new(vote.slot, vote.block_hash, set));
-        if pool.add_verified_vote(&vote, set).is_err() {
-            return;
-        }
+        // A pool only serves to certify its block (and to check gossiped
+        // QCs for it): once the block is certified, votes for it are moot.
         let certified = self
             .tree
             .get(&vote.block_hash)
             .is_some_and(|n| n.qc.is_some());
-        if !certified && let Some(qc) = pool.certificate(set) {
+        if certified {
+            return;
+        }
+        let chain_id = self.spec.chain_id;
+        let pool = self
+            .pools
+            .entry((vote.slot, vote.block_hash))
+            .or_insert_with(|| QcBuilder::new(vote.slot, vote.block_hash, set));
+        if pool
+            .add_verified_vote_cached(&vote, set, chain_id, &self.verified)
+            .is_err()
+        {
+            return;
+        }
+        if let Some(qc) = pool.certificate(set) {
+            // Aggregated from verified votes: valid, so the next block
+            // carrying it as its parent QC is not paired again.
+            self.remember_verified(&qc, set);
             self.actions
                 .push_back(Action::Broadcast(Message::Certificate(qc.clone())));
             self.handle_certificate(qc, true);
         }
+    }
+
+    /// Records in the cache that `qc` is valid for `set`.
+    fn remember_verified(&self, qc: &QuorumCert, set: &ValidatorSet) {
+        let key = VerifiedCache::qc_key(qc, set, self.spec.chain_id);
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key);
     }
 
     /// A QC from a peer; `verified` when this engine aggregated it.
@@ -922,13 +965,26 @@ impl Engine {
         if node.qc.is_some() {
             return;
         }
-        if !verified
-            && (qc.slot != node.block.header.slot
-                || qc
-                    .verify_cached(&node.epoch_set, self.spec.chain_id, &self.verified)
-                    .is_err())
-        {
-            return;
+        if !verified {
+            if qc.slot != node.block.header.slot {
+                return;
+            }
+            // The votes this engine verified for the block may already
+            // cover every signer: then comparing the QC's signature with
+            // their aggregate replaces the pairing.
+            let confirmed = self
+                .pools
+                .get(&(qc.slot, qc.block_hash))
+                .and_then(|pool| pool.confirms(&qc, &node.epoch_set))
+                .is_some();
+            if confirmed {
+                self.remember_verified(&qc, &node.epoch_set);
+            } else if qc
+                .verify_cached(&node.epoch_set, self.spec.chain_id, &self.verified)
+                .is_err()
+            {
+                return;
+            }
         }
         self.note_certificate(&qc);
         let finalized = self.tree.certify(qc);
@@ -981,7 +1037,8 @@ impl Engine {
                         .remove_mined(&sender, root_state.account(&sender).nonce);
                 }
             }
-            self.recent_finalized.push_back(block.clone());
+            self.recent_finalized
+                .push_back((block.hash(), block.clone()));
         }
         while self.recent_finalized.len() > self.config.recent_finalized {
             self.recent_finalized.pop_front();

@@ -15,8 +15,11 @@ use crate::validator::ValidatorSet;
 use alloy_primitives::{B256, Bytes, U256, keccak256};
 use alloy_rlp::{RlpDecodable, RlpDecodableWrapper, RlpEncodable, RlpEncodableWrapper};
 use blst::min_pk::{AggregatePublicKey, AggregateSignature, PublicKey, Signature};
-use blst::{BLST_ERROR, MultiPoint, Pairing, blst_fp12, blst_p1_affine, blst_p2_affine};
-use std::collections::{HashSet, VecDeque};
+use blst::{
+    BLST_ERROR, MultiPoint, Pairing, blst_fp12, blst_p1_affine, blst_p2, blst_p2_affine,
+    blst_scalar,
+};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// Which members of a set signed: bit `i` (byte `i / 8`, bit `i % 8`, least
@@ -237,6 +240,26 @@ impl QuorumCert {
 
     /// Every check but the pairing: bitfield shape, stake, key aggregation, signature decoding.
     fn prepare(&self, set: &ValidatorSet, chain_id: u64) -> Result<(PreparedQc, U256), QcError> {
+        let signed = self.check_signers(set)?;
+        let mut signers = self.signers.signers();
+        let first = signers.next().ok_or(QcError::EmptyBitfield)?;
+        let mut aggregate = AggregatePublicKey::from_public_key(&set.decoded_keys()[first]);
+        for index in signers {
+            aggregate
+                .add_public_key(&set.decoded_keys()[index], false)
+                .expect("set keys were validated when the set was built");
+        }
+        let signature = bls::decode_signature(&self.signature).map_err(QcError::from_bls)?;
+        let prepared = PreparedQc {
+            root: self.signing_root(chain_id),
+            aggregate_key: aggregate.to_public_key(),
+            signature,
+        };
+        Ok((prepared, signed))
+    }
+
+    /// The bitfield's shape and the signers' stake (rules 1 and 2).
+    fn check_signers(&self, set: &ValidatorSet) -> Result<U256, QcError> {
         let set_len = set.len();
         if let Some(index) = self.signers.signers().find(|i| *i >= set_len) {
             return Err(QcError::SignerOutsideSet { index, set_len });
@@ -253,12 +276,8 @@ impl QuorumCert {
         let mut signers = self.signers.signers();
         let first = signers.next().ok_or(QcError::EmptyBitfield)?;
         let mut signed = set.validators()[first].stake;
-        let mut aggregate = AggregatePublicKey::from_public_key(&set.decoded_keys()[first]);
         for index in signers {
             signed += set.validators()[index].stake;
-            aggregate
-                .add_public_key(&set.decoded_keys()[index], false)
-                .expect("set keys were validated when the set was built");
         }
         if !set.is_quorum(signed) {
             return Err(QcError::InsufficientStake {
@@ -266,13 +285,7 @@ impl QuorumCert {
                 total: set.total_stake(),
             });
         }
-        let signature = bls::decode_signature(&self.signature).map_err(QcError::from_bls)?;
-        let prepared = PreparedQc {
-            root: self.signing_root(chain_id),
-            aggregate_key: aggregate.to_public_key(),
-            signature,
-        };
-        Ok((prepared, signed))
+        Ok(signed)
     }
 }
 
@@ -431,8 +444,11 @@ fn batch_equation_holds(prepared: &[PreparedQc], randomness: &[u8; 32]) -> bool 
 pub struct QcBuilder {
     slot: u64,
     block_hash: B256,
+    /// The set the votes were verified against.
+    set_hash: B256,
     signers: SignerBitfield,
-    signature: Option<AggregateSignature>,
+    /// Each signer's decoded signature, in the order added.
+    signatures: Vec<(usize, Signature)>,
     signed_stake: U256,
 }
 
@@ -442,8 +458,9 @@ impl QcBuilder {
         Self {
             slot,
             block_hash,
+            set_hash: set.hash(),
             signers: SignerBitfield::with_set_len(set.len()),
-            signature: None,
+            signatures: Vec::new(),
             signed_stake: U256::ZERO,
         }
     }
@@ -451,6 +468,32 @@ impl QcBuilder {
     /// Adds a vote that the caller has already checked with [`Vote::verify`]
     /// against the same `set`.
     pub fn add_verified_vote(&mut self, vote: &Vote, set: &ValidatorSet) -> Result<(), QcError> {
+        self.add_vote_with(vote, set, None)
+    }
+
+    /// [`Self::add_verified_vote`] for a vote verified through `cache`: the
+    /// signature decoded by that check is taken from the cache rather than
+    /// decompressed again.
+    pub fn add_verified_vote_cached(
+        &mut self,
+        vote: &Vote,
+        set: &ValidatorSet,
+        chain_id: u64,
+        cache: &Mutex<VerifiedCache>,
+    ) -> Result<(), QcError> {
+        let decoded = lock(cache).decoded(&VerifiedCache::vote_key(vote, set, chain_id));
+        self.add_vote_with(vote, set, decoded)
+    }
+
+    fn add_vote_with(
+        &mut self,
+        vote: &Vote,
+        set: &ValidatorSet,
+        decoded: Option<Signature>,
+    ) -> Result<(), QcError> {
+        if set.hash() != self.set_hash {
+            return Err(QcError::VoteMismatch);
+        }
         if vote.slot != self.slot || vote.block_hash != self.block_hash {
             return Err(QcError::VoteMismatch);
         }
@@ -462,15 +505,11 @@ impl QcBuilder {
         if self.signers.get(index) {
             return Err(QcError::DuplicateVote { index });
         }
-        let signature = bls::decode_signature(&vote.signature).map_err(QcError::from_bls)?;
-        match &mut self.signature {
-            Some(aggregate) => {
-                aggregate
-                    .add_signature(&signature, false)
-                    .map_err(|e| QcError::MalformedSignature(BlsError::InvalidSignature(e)))?;
-            }
-            None => self.signature = Some(AggregateSignature::from_signature(&signature)),
-        }
+        let signature = match decoded {
+            Some(signature) => signature,
+            None => bls::decode_signature(&vote.signature).map_err(QcError::from_bls)?,
+        };
+        self.signatures.push((index, signature));
         self.signers.set(index);
         self.signed_stake += validator.stake;
         Ok(())
@@ -488,16 +527,54 @@ impl QcBuilder {
 
     /// The certificate, once the votes hold a quorum of `set`'s stake.
     pub fn certificate(&self, set: &ValidatorSet) -> Option<QuorumCert> {
-        if !set.is_quorum(self.signed_stake) {
+        if !set.is_quorum(self.signed_stake) || set.hash() != self.set_hash {
             return None;
         }
-        let signature = self.signature.as_ref()?.to_signature().compress();
+        let signature = self.aggregate(|_| true)?;
         Some(QuorumCert {
             slot: self.slot,
             block_hash: self.block_hash,
             signers: self.signers.clone(),
             signature: BlsSignature::from(signature),
         })
+    }
+
+    /// The compressed aggregate of the collected signatures of the signers
+    /// `include` selects (`None` if it selects none).
+    fn aggregate(&self, include: impl Fn(usize) -> bool) -> Option<[u8; 96]> {
+        let mut selected = self
+            .signatures
+            .iter()
+            .filter(|(index, _)| include(*index))
+            .map(|(_, signature)| signature);
+        let mut aggregate = AggregateSignature::from_signature(selected.next()?);
+        for signature in selected {
+            aggregate
+                .add_signature(signature, false)
+                .expect("collected signatures decoded, so they are on the curve");
+        }
+        Some(aggregate.to_signature().compress())
+    }
+
+    /// Checks `qc` against the votes collected here, without a pairing:
+    /// when the QC's bitfield and stake are valid for `set` (the set these
+    /// votes were verified against) and every signer's verified vote is
+    /// here, the QC is valid exactly if its signature is the aggregate of
+    /// those votes (a BLS signature is unique per key and message, so the
+    /// valid aggregate is unique too). Returns the signers' stake when it
+    /// is; `None` when this cannot tell (a signer missing, a different
+    /// aggregate, a broken rule): the caller then runs the full check,
+    /// which names the rule.
+    pub fn confirms(&self, qc: &QuorumCert, set: &ValidatorSet) -> Option<U256> {
+        if qc.slot != self.slot || qc.block_hash != self.block_hash || set.hash() != self.set_hash {
+            return None;
+        }
+        let signed = qc.check_signers(set).ok()?;
+        if qc.signers.signers().any(|index| !self.signers.get(index)) {
+            return None;
+        }
+        let aggregate = self.aggregate(|index| qc.signers.get(index))?;
+        (aggregate.as_slice() == qc.signature.as_slice()).then_some(signed)
     }
 }
 
@@ -515,9 +592,14 @@ impl QcBuilder {
 #[derive(Debug)]
 pub struct VerifiedCache {
     capacity: usize,
-    keys: HashSet<B256>,
+    /// Passed checks; a vote's entry keeps the signature it decoded, so
+    /// that aggregating the vote later does not decompress it again.
+    keys: HashMap<B256, Option<Signature>>,
     order: VecDeque<B256>,
     hits: u64,
+    /// The last few vote signing roots hashed to the curve (a pure function
+    /// of the root), for [`Vote::sign_cached`].
+    hashed_roots: VecDeque<(B256, blst_p2)>,
 }
 
 /// A [`VerifiedCache`] that several verifiers (engines, threads) share.
@@ -525,16 +607,18 @@ pub type SharedVerifiedCache = Arc<Mutex<VerifiedCache>>;
 
 impl VerifiedCache {
     /// Entries a node keeps by default: several thousand slots of votes,
-    /// QCs and seals for a set of 100, in about 1 MiB.
+    /// QCs and seals for a set of 100, in about 4 MiB (a vote's entry
+    /// holds its decoded signature).
     pub const DEFAULT_CAPACITY: usize = 16_384;
 
     /// An empty cache holding at most `capacity` entries (at least one).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            keys: HashSet::new(),
+            keys: HashMap::new(),
             order: VecDeque::new(),
             hits: 0,
+            hashed_roots: VecDeque::new(),
         }
     }
 
@@ -543,17 +627,39 @@ impl VerifiedCache {
         Arc::new(Mutex::new(Self::new(capacity)))
     }
 
+    /// Signing roots whose hash to the curve is kept: the votes of one
+    /// slot, and a few slots of late ones.
+    const HASHED_ROOTS: usize = 64;
+
     /// Whether `key` passed before (counts a hit).
     pub fn contains(&mut self, key: &B256) -> bool {
-        let hit = self.keys.contains(key);
+        let hit = self.keys.contains_key(key);
         self.hits += u64::from(hit);
         hit
     }
 
     /// Records that the check named by `key` passed.
     pub fn insert(&mut self, key: B256) {
-        if !self.keys.insert(key) {
-            return;
+        self.insert_decoded(key, None);
+    }
+
+    /// The signature decoded when the check named by `key` passed, if kept.
+    pub fn decoded(&self, key: &B256) -> Option<Signature> {
+        self.keys.get(key).copied().flatten()
+    }
+
+    /// Records that the check named by `key` passed, with the signature it decoded.
+    fn insert_decoded(&mut self, key: B256, signature: Option<Signature>) {
+        match self.keys.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                if signature.is_some() {
+                    entry.insert(signature);
+                }
+                return;
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(signature);
+            }
         }
         self.order.push_back(key);
         while self.order.len() > self.capacity {
@@ -638,6 +744,54 @@ fn lock(cache: &Mutex<VerifiedCache>) -> std::sync::MutexGuard<'_, VerifiedCache
 }
 
 impl Vote {
+    /// [`Vote::sign`], hashing the signing root to the curve once per
+    /// `cache`: every validator of a slot signs the same root, and the
+    /// simulator's validators share one cache. The signature is the same
+    /// bytes [`Vote::sign`] makes (the hash is a pure function of the root;
+    /// the key's own multiplication is done every time).
+    pub fn sign_cached(
+        key: &BlsSecretKey,
+        chain_id: u64,
+        slot: u64,
+        block_hash: B256,
+        validator_index: u32,
+        cache: &Mutex<VerifiedCache>,
+    ) -> Self {
+        let root = bls::vote_signing_root(chain_id, slot, &block_hash);
+        let known = lock(cache)
+            .hashed_roots
+            .iter()
+            .find(|(r, _)| *r == root)
+            .map(|(_, point)| *point);
+        let hashed = known.unwrap_or_else(|| {
+            let point = hash_to_curve(&root);
+            let mut cache = lock(cache);
+            cache.hashed_roots.push_back((root, point));
+            if cache.hashed_roots.len() > VerifiedCache::HASHED_ROOTS {
+                cache.hashed_roots.pop_front();
+            }
+            point
+        });
+        let bytes = key.to_bytes();
+        let mut scalar = blst_scalar::default();
+        let mut point = blst_p2::default();
+        let mut signature = [0u8; 96];
+        // SAFETY: every pointer is to a live, properly sized blst value or
+        // byte array of this frame; blst reads 32 bytes from `bytes` and
+        // writes 96 to `signature`.
+        unsafe {
+            blst::blst_scalar_from_bendian(&mut scalar, bytes.as_ptr());
+            blst::blst_sign_pk_in_g1(&mut point, &hashed, &scalar);
+            blst::blst_p2_compress(signature.as_mut_ptr(), &point);
+        }
+        Self {
+            slot,
+            block_hash,
+            validator_index,
+            signature: BlsSignature::from(signature),
+        }
+    }
+
     /// [`Vote::verify`] through `cache`.
     pub fn verify_cached(
         &self,
@@ -711,47 +865,88 @@ pub fn verify_votes_cached(
             None => groups.push((vote.slot, vote.block_hash, vec![i])),
         }
     }
+    let mut decoded: Vec<Option<Signature>> = vec![None; votes.len()];
     for (_, _, members) in groups {
-        let group: Vec<&Vote> = members.iter().map(|i| &votes[*i]).collect();
-        let all_valid = group.len() > 1 && same_root_batch_holds(&group, set, chain_id);
+        // Decode once: the group check, a member's own check and the
+        // cache entry (for aggregation) share the point.
+        let mut group: Vec<(&Vote, PublicKey, Signature)> = Vec::with_capacity(members.len());
+        let mut judged: Vec<usize> = Vec::with_capacity(members.len());
         for i in members {
-            let valid = all_valid || votes[i].verify(set, chain_id).is_ok();
+            let vote = &votes[i];
+            let key = set.decoded_keys().get(vote.validator_index as usize);
+            match (key, bls::decode_signature(&vote.signature)) {
+                (Some(key), Ok(signature)) => {
+                    group.push((vote, *key, signature));
+                    judged.push(i);
+                }
+                _ => verdicts[i] = Some(false),
+            }
+        }
+        let all_valid = group.len() > 1 && same_root_batch_holds(&group, set, chain_id);
+        for ((vote, key, signature), i) in group.into_iter().zip(judged) {
+            let valid = all_valid
+                || PreparedQc {
+                    root: bls::vote_signing_root(chain_id, vote.slot, &vote.block_hash),
+                    aggregate_key: key,
+                    signature,
+                }
+                .verify();
             verdicts[i] = Some(valid);
+            decoded[i] = Some(signature);
         }
     }
     let mut cache = lock(cache);
     verdicts
         .into_iter()
         .zip(keys)
-        .map(|(verdict, key)| {
+        .zip(decoded)
+        .map(|((verdict, key), signature)| {
             let valid = verdict.expect("every vote was judged");
             if valid {
-                cache.insert(key);
+                cache.insert_decoded(key, signature);
             }
             valid
         })
         .collect()
 }
 
+/// `root` hashed to G2 under the signature domain tag, as signing and
+/// verifying do.
+fn hash_to_curve(root: &B256) -> blst_p2 {
+    let mut point = blst_p2::default();
+    // SAFETY: `point` is a live output value; the message and tag are live
+    // slices passed with their lengths; no augmentation.
+    unsafe {
+        blst::blst_hash_to_g2(
+            &mut point,
+            root.as_ptr(),
+            root.len(),
+            SIGNATURE_DST.as_ptr(),
+            SIGNATURE_DST.len(),
+            std::ptr::null(),
+            0,
+        );
+    }
+    point
+}
+
 /// The randomized same-message check behind [`verify_votes_cached`]: false
 /// if any signature is malformed, outside the subgroup, or does not verify.
-fn same_root_batch_holds(votes: &[&Vote], set: &ValidatorSet, chain_id: u64) -> bool {
-    let first = votes[0];
+fn same_root_batch_holds(
+    votes: &[(&Vote, PublicKey, Signature)],
+    set: &ValidatorSet,
+    chain_id: u64,
+) -> bool {
+    let first = votes[0].0;
     let root = bls::vote_signing_root(chain_id, first.slot, &first.block_hash);
     let mut keys = Vec::with_capacity(votes.len());
     let mut signatures = Vec::with_capacity(votes.len());
     let mut transcript = Vec::with_capacity(32 + votes.len() * 100);
     transcript.extend_from_slice(root.as_slice());
     transcript.extend_from_slice(set.hash().as_slice());
-    for vote in votes {
-        let Some(key) = set.decoded_keys().get(vote.validator_index as usize) else {
-            return false;
-        };
-        let Ok(signature) = bls::decode_signature(&vote.signature) else {
-            return false;
-        };
+    for (vote, key, signature) in votes {
         keys.push(*key);
-        signatures.push(signature);
+        signatures.push(*signature);
         transcript.extend_from_slice(&vote.validator_index.to_be_bytes());
         transcript.extend_from_slice(vote.signature.as_slice());
     }
@@ -877,6 +1072,47 @@ mod tests {
         real.verify_cached(&set, spec.chain_id, &cache).unwrap();
         assert!(forged.verify_cached(&set, spec.chain_id, &cache).is_err());
         assert_eq!(cache.lock().unwrap().hits(), 0);
+    }
+
+    #[test]
+    fn cached_signing_makes_the_same_signature() {
+        let spec = ChainSpec::devnet(4);
+        let cache = Mutex::new(VerifiedCache::new(8));
+        for (i, block) in [(0, 1), (1, 1), (2, 2), (3, 1)] {
+            let key = devnet_validator_key(i);
+            let hash = B256::repeat_byte(block);
+            let cached = Vote::sign_cached(&key, spec.chain_id, 5, hash, i, &cache);
+            assert_eq!(cached, Vote::sign(&key, spec.chain_id, 5, hash, i));
+        }
+        assert_eq!(cache.lock().unwrap().hashed_roots.len(), 2);
+    }
+
+    #[test]
+    fn a_pool_confirms_only_the_aggregate_of_its_votes() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let block = B256::repeat_byte(5);
+        let all = votes(&spec, block, 0..4);
+        let mut pool = QcBuilder::new(1, block, &set);
+        for vote in &all {
+            pool.add_verified_vote(vote, &set).unwrap();
+        }
+        let mut other = QcBuilder::new(1, block, &set);
+        for vote in &all[1..] {
+            other.add_verified_vote(vote, &set).unwrap();
+        }
+        let subset = other.certificate(&set).unwrap();
+        assert!(
+            pool.confirms(&subset, &set).is_some(),
+            "signers are a subset"
+        );
+        let mut forged = subset.clone();
+        forged.signature = pool.certificate(&set).unwrap().signature;
+        assert!(pool.confirms(&forged, &set).is_none(), "another aggregate");
+        assert!(forged.verify(&set, spec.chain_id).is_err());
+        let mut short = QcBuilder::new(1, block, &set);
+        short.add_verified_vote(&all[0], &set).unwrap();
+        assert!(short.confirms(&subset, &set).is_none(), "signers missing");
     }
 
     #[test]

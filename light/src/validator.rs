@@ -6,7 +6,8 @@ use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
 use blst::min_pk::PublicKey;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Largest validator set the wire format carries (signer bitfields stay under 8 KiB).
 pub const MAX_SET_SIZE: usize = 65_536;
@@ -77,10 +78,13 @@ pub enum SetError {
 /// index in signer bitfields and in `proposer_index`. The canonical hash is
 /// `keccak256(rlp([validator, ...]))` with each validator encoded as
 /// `[owner, public_key, stake]`.
+///
+/// Members and keys sit behind `Arc`s: a set is cloned into every block of
+/// its epoch and every vote check, and a clone costs two reference counts.
 #[derive(Debug, Clone)]
 pub struct ValidatorSet {
-    validators: Vec<Validator>,
-    keys: Vec<PublicKey>,
+    validators: Arc<[Validator]>,
+    keys: Arc<[PublicKey]>,
     total_stake: U256,
     hash: B256,
 }
@@ -96,6 +100,31 @@ impl ValidatorSet {
     /// Checks the members (non-empty, positive stakes, unique keys and owners,
     /// valid keys) and decodes their public keys once.
     pub fn new(validators: Vec<Validator>) -> Result<Self, SetError> {
+        Self::build(validators, |_| None)
+    }
+
+    /// [`Self::new`], taking the decoded key of every member whose key is
+    /// also in `known` from there instead of decoding and subgroup-checking
+    /// it again (the same compressed bytes decode to the same valid point).
+    /// Every other rule is checked as in [`Self::new`]. For the next epoch's
+    /// set, which mostly repeats the current one.
+    pub fn new_reusing_keys(
+        validators: Vec<Validator>,
+        known: &ValidatorSet,
+    ) -> Result<Self, SetError> {
+        let decoded: HashMap<&BlsPublicKey, &PublicKey> = known
+            .validators
+            .iter()
+            .map(|v| &v.public_key)
+            .zip(known.keys.iter())
+            .collect();
+        Self::build(validators, |key| decoded.get(key).map(|k| **k))
+    }
+
+    fn build(
+        validators: Vec<Validator>,
+        known_key: impl Fn(&BlsPublicKey) -> Option<PublicKey>,
+    ) -> Result<Self, SetError> {
         if validators.is_empty() {
             return Err(SetError::Empty);
         }
@@ -125,15 +154,17 @@ impl ValidatorSet {
             total_stake = total_stake
                 .checked_add(v.stake)
                 .ok_or(SetError::StakeOverflow)?;
-            keys.push(
-                bls::decode_public_key(&v.public_key)
+            let key = match known_key(&v.public_key) {
+                Some(key) => key,
+                None => bls::decode_public_key(&v.public_key)
                     .map_err(|source| SetError::InvalidKey { index, source })?,
-            );
+            };
+            keys.push(key);
         }
         let hash = Self::hash_of(&validators);
         Ok(Self {
-            validators,
-            keys,
+            validators: validators.into(),
+            keys: keys.into(),
             total_stake,
             hash,
         })
@@ -285,6 +316,22 @@ mod tests {
             ValidatorSet::new(vec![validator(6, 1), huge]).unwrap_err(),
             SetError::StakeOverflow
         );
+    }
+
+    #[test]
+    fn reusing_keys_builds_the_same_set_and_still_checks_new_keys() {
+        let current = ValidatorSet::new(vec![validator(1, 10), validator(2, 20)]).unwrap();
+        let members = vec![validator(2, 25), validator(3, 5)];
+        let reused = ValidatorSet::new_reusing_keys(members.clone(), &current).unwrap();
+        let fresh = ValidatorSet::new(members).unwrap();
+        assert_eq!(reused, fresh);
+        assert_eq!(reused.decoded_keys(), fresh.decoded_keys());
+        let mut bad_key = validator(4, 5);
+        bad_key.public_key = BlsPublicKey::repeat_byte(0xaa);
+        assert!(matches!(
+            ValidatorSet::new_reusing_keys(vec![validator(1, 1), bad_key], &current),
+            Err(SetError::InvalidKey { index: 1, .. })
+        ));
     }
 
     #[test]
