@@ -423,9 +423,16 @@ impl Network {
                 // A timeout is judged by whoever asked (the sync scheduler's
                 // adaptive deadlines are the ones that count); a closed
                 // connection is no fault. Broken streams are.
-                if let request_response::OutboundFailure::Io(_)
-                | request_response::OutboundFailure::UnsupportedProtocols = error
-                {
+                // (An end of file is no proof: the peer may simply have
+                // given up on a request it could not answer in time.)
+                let malformed = match &error {
+                    request_response::OutboundFailure::Io(e) => {
+                        e.kind() == std::io::ErrorKind::InvalidData
+                    }
+                    request_response::OutboundFailure::UnsupportedProtocols => true,
+                    _ => false,
+                };
+                if malformed {
                     self.penalise(peer, Misbehaviour::Malformed);
                 }
                 let timed_out = matches!(error, request_response::OutboundFailure::Timeout);

@@ -114,6 +114,9 @@ pub struct NodeInfo {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+/// Housekeeping ticks (seconds) between status questions to each peer.
+const STATUS_EVERY_TICKS: u64 = 4;
+
 /// The finalized block an importer holds, as an engine root.
 pub fn root_from_importer(importer: &mut Importer) -> Result<Root, NodeError> {
     let spec = importer.spec().clone();
@@ -160,6 +163,10 @@ pub struct Node {
     genesis_hash: B256,
     last_progress_log_ms: u64,
     delayed: serve::DelayedReplies<(ResponseChannel<Vec<u8>>, SyncResponse)>,
+    /// Status questions in flight, by request.
+    status_requests: std::collections::HashMap<libp2p::request_response::OutboundRequestId, PeerId>,
+    /// Housekeeping ticks so far.
+    ticks: u64,
     /// Requests a silent test node never answers (see [`ByzantineServing::Silent`]).
     unanswered: std::collections::VecDeque<ResponseChannel<Vec<u8>>>,
 }
@@ -228,6 +235,8 @@ impl Node {
             last_progress_log_ms: 0,
             delayed: Default::default(),
             unanswered: Default::default(),
+            status_requests: Default::default(),
+            ticks: 0,
         })
     }
 
@@ -315,10 +324,24 @@ impl Node {
             self.network.peer_count(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let peers: Vec<PeerId> = self.network.peers().copied().collect();
-        for peer in peers {
-            self.network.request(peer, &SyncRequest::Status);
+        // Ask each peer where its chain is, every few seconds and never with
+        // a question still open (a busy peer answers in turn, after the
+        // ranges it is serving).
+        self.ticks += 1;
+        if self.ticks % STATUS_EVERY_TICKS == 0 {
+            let peers: Vec<PeerId> = self.network.peers().copied().collect();
+            for peer in peers {
+                self.ask_status(peer);
+            }
         }
+    }
+
+    fn ask_status(&mut self, peer: PeerId) {
+        if self.status_requests.values().any(|p| *p == peer) {
+            return;
+        }
+        let id = self.network.request(peer, &SyncRequest::Status);
+        self.status_requests.insert(id, peer);
     }
 
     fn on_command(&mut self, command: NodeCommand) {
@@ -369,7 +392,14 @@ impl Node {
                 }
             }
             NetworkEvent::Response { peer, id, response } => {
-                if let SyncResponse::Status(status) = &response {
+                if self.status_requests.remove(&id).is_some() {
+                    match response {
+                        SyncResponse::Status(status) => self.on_status(peer, status),
+                        _ => self
+                            .network
+                            .penalise(peer, crate::network::Misbehaviour::ProtocolViolation),
+                    }
+                } else if let SyncResponse::Status(status) = &response {
                     self.on_status(peer, *status);
                 } else if let SyncResponse::Blocks(blocks) = &response
                     && !self.sync.owns(id)
@@ -391,13 +421,14 @@ impl Node {
                 id,
                 timed_out,
             } => {
+                self.status_requests.remove(&id);
                 if let Some(why) = self.sync.on_failure(peer, id, timed_out) {
                     self.network.penalise(peer, why);
                 }
             }
             NetworkEvent::PeerConnected(peer) => {
                 tracing::info!(%peer, peers = self.network.peer_count(), "peer connected");
-                self.network.request(peer, &SyncRequest::Status);
+                self.ask_status(peer);
             }
             NetworkEvent::PeerDisconnected(peer) => {
                 tracing::info!(%peer, peers = self.network.peer_count(), "peer disconnected");
