@@ -135,6 +135,7 @@ async fn driver(proxy: Arc<Proxy>, mut rx: mpsc::Receiver<DriverMsg>) {
             .add_upstream(UpstreamId(id as u32));
     }
     catch_up(&proxy).await;
+    proxy.save_state();
     while let Some(msg) = rx.recv().await {
         match msg {
             DriverMsg::Certified(id, head) => {
@@ -231,6 +232,7 @@ async fn process(proxy: &Proxy) {
     let mut heads = Vec::new();
     let mut finalized = None;
     let mut need_updates = false;
+    let mut save = false;
     {
         let mut v = proxy.verified.lock().expect("not poisoned");
         while let Some(event) = v.light.poll_event() {
@@ -261,13 +263,20 @@ async fn process(proxy: &Proxy) {
                         "two certified headers of one slot: the light client halted; new heads are not served until it is restarted from a checkpoint"
                     );
                 }
-                Event::EpochChanged { epoch, .. } => tracing::info!(epoch, "epoch changed"),
+                Event::EpochChanged { epoch, .. } => {
+                    tracing::info!(epoch, "epoch changed");
+                    save = true;
+                }
                 Event::Reorg { .. } | Event::Rejected { .. } => {}
             }
         }
     }
     if need_updates {
         catch_up(proxy).await;
+        save = true;
+    }
+    if save {
+        proxy.save_state();
     }
     for head in heads {
         place(proxy, head).await;

@@ -95,6 +95,45 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// The trusted state saved in `config.data_dir` by an earlier run, checked
+/// (same chain, not older than the safe bound), if there is one.
+pub fn load_state(
+    config: &ProxyConfig,
+    spec: &ChainSpec,
+) -> Result<Option<luxtensor_light::client::TrustedState>, StartError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok(None);
+    };
+    let path = dir.join(proxy::STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StartError::Checkpoint(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let moved = |e: String| {
+        StartError::Checkpoint(format!(
+            "the saved state {} {e}; move it away to start from a checkpoint",
+            path.display()
+        ))
+    };
+    let state = luxtensor_light::client::TrustedState::decode(&bytes)
+        .map_err(|e| moved(format!("is damaged ({e})")))?;
+    let policy = AgePolicy {
+        current_epoch: current_epoch_at(spec, now_ms()),
+        allow_old: false,
+    };
+    state
+        .check_resume(spec, policy)
+        .map_err(|e| moved(format!("cannot be resumed ({e})")))?;
+    tracing::info!(epoch = state.epoch, path = %path.display(), "resuming from the saved trusted state");
+    Ok(Some(state))
+}
+
 /// Fetches what a non-genesis checkpoint needs and checks it.
 async fn trusted_state(
     spec: &ChainSpec,
@@ -160,8 +199,13 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let pool = pool::Pool::new(&upstreams, config.upstream_timeout, Default::default())
         .map_err(StartError::Upstreams)?;
-    let checkpoint = checkpoint.unwrap_or_else(|| Checkpoint::genesis(&spec));
-    let state = trusted_state(&spec, &checkpoint, &pool).await?;
+    let state = match load_state(&config, &spec)? {
+        Some(state) => state,
+        None => {
+            let checkpoint = checkpoint.unwrap_or_else(|| Checkpoint::genesis(&spec));
+            trusted_state(&spec, &checkpoint, &pool).await?
+        }
+    };
     let light = LightClient::new(spec.clone(), state, Config::default())?;
     let proxy = Proxy::new(config, spec, pool, light);
     let bound = server::serve(proxy.clone()).await?;

@@ -27,6 +27,9 @@ use tokio::sync::broadcast;
 pub struct ProxyConfig {
     /// HTTP + WebSocket JSON-RPC (default 127.0.0.1:8545).
     pub listen: SocketAddr,
+    /// A second address for WebSocket JSON-RPC only (HTTP POST there is
+    /// refused with 405), if set.
+    pub ws_listen: Option<SocketAddr>,
     /// `/metrics` and `/health` (default 127.0.0.1:9002); `None`: not served.
     pub metrics: Option<SocketAddr>,
     /// Forward what cannot be verified, marked `"trust":"unverified"` (default: refuse).
@@ -65,12 +68,19 @@ pub struct ProxyConfig {
     /// the default address is loopback). Over it, a call is answered with
     /// error -32005 and the milliseconds to wait.
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    /// Where the light client's trusted state is kept across restarts
+    /// ([`STATE_FILE`], rewritten after each catch-up and epoch change); `None`: nowhere.
+    pub data_dir: Option<std::path::PathBuf>,
 }
+
+/// The trusted state's file in [`ProxyConfig::data_dir`] (the light client's format).
+pub const STATE_FILE: &str = "trusted-state.bin";
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
+            ws_listen: None,
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9002))),
             relaxed: false,
             cache_bytes: 256 << 20,
@@ -89,6 +99,7 @@ impl Default for ProxyConfig {
             allow_methods: None,
             api_keys: None,
             rate_limit: None,
+            data_dir: None,
         }
     }
 }
@@ -227,6 +238,29 @@ impl Proxy {
             spec,
             pool,
         })
+    }
+
+    /// Writes the light client's trusted state to [`ProxyConfig::data_dir`]
+    /// (a temporary file renamed over the old one, so a crash leaves either).
+    pub fn save_state(&self) {
+        let Some(dir) = &self.config.data_dir else {
+            return;
+        };
+        let bytes = self
+            .verified
+            .lock()
+            .expect("not poisoned")
+            .light
+            .trusted_state()
+            .encode();
+        let path = dir.join(STATE_FILE);
+        let temporary = dir.join(format!("{STATE_FILE}.tmp"));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&temporary, &bytes))
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the trusted state");
+        }
     }
 
     /// The verified head (number, header).

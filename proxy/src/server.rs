@@ -58,6 +58,8 @@ pub enum ServeError {
 pub struct Bound {
     /// JSON-RPC (HTTP + WebSocket).
     pub rpc: SocketAddr,
+    /// WebSocket-only JSON-RPC, if configured.
+    pub ws: Option<SocketAddr>,
     /// `/metrics` and `/health`.
     pub metrics: Option<SocketAddr>,
 }
@@ -77,6 +79,23 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         let _ = axum::serve(listener, service).await;
     });
+    let ws = match proxy.config.ws_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            let router = Router::new()
+                .route("/", get(http_get))
+                .with_state(proxy.clone());
+            tokio::spawn(async move {
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                let _ = axum::serve(listener, service).await;
+            });
+            Some(bound)
+        }
+        None => None,
+    };
     let metrics = match proxy.config.metrics {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -95,7 +114,7 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
         }
         None => None,
     };
-    Ok(Bound { rpc, metrics })
+    Ok(Bound { rpc, ws, metrics })
 }
 
 fn authorized(proxy: &Proxy, headers: &HeaderMap, query: &Option<String>) -> bool {

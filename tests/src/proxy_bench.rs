@@ -24,7 +24,8 @@ use luxtensor_proxy::proxy::ChainEvent;
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const BENCH: &str = "proxy";
@@ -92,7 +93,16 @@ pub fn run(quick: bool) {
         let mut client = HttpClient::connect(proxy_addr).await;
         let mut direct = HttpClient::connect(node).await;
         let blocks = if quick { 60 } else { 230 };
+        let mut said = Instant::now();
         wait_until("finalized blocks", Duration::from_secs(300), async || {
+            if said.elapsed() > Duration::from_secs(10) {
+                said = Instant::now();
+                eprintln!(
+                    "proxy bench: verified head {:?}, finalized {:?} (waiting for {blocks})",
+                    running.proxy.head().map(|h| h.number),
+                    running.proxy.finalized().map(|h| h.number)
+                );
+            }
             running.proxy.finalized().is_some_and(|f| f.number > blocks)
         })
         .await;
@@ -175,24 +185,24 @@ async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the client process");
-    // Every emission from now on, with its time (before any client subscribes).
+    // Every emission from now on, with its time (before any client
+    // subscribes), on a thread of its own: woken by the send itself, not
+    // queued behind the connections' tasks.
     let mut heads = proxy.events.subscribe();
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let recorder = tokio::spawn(async move {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let recorder = std::thread::spawn(move || {
         let mut sent = Vec::new();
-        loop {
-            tokio::select! {
-                _ = &mut stop_rx => break,
-                event = heads.recv() => match event {
-                    Ok(event) => {
-                        let t = now_ns();
-                        if let ChainEvent::Heads { added, .. } = &*event {
-                            sent.extend(added.iter().map(|(h, _)| (h.number, t)));
-                        }
+        while !stopped.load(Ordering::Relaxed) {
+            match heads.blocking_recv() {
+                Ok(event) => {
+                    let t = now_ns();
+                    if let ChainEvent::Heads { added, .. } = &*event {
+                        sent.extend(added.iter().map(|(h, _)| (h.number, t)));
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
-                },
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
             }
         }
         sent
@@ -242,8 +252,11 @@ async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = stop_tx.send(());
-    let sent = recorder.await.expect("recorder");
+    // Stop after the next head (the recorder wakes on it).
+    stop.store(true, Ordering::Relaxed);
+    let sent = tokio::task::spawn_blocking(move || recorder.join().expect("recorder"))
+        .await
+        .expect("recorder");
     let mut stdin = child.stdin.take().expect("piped");
     for (number, t) in &sent {
         writeln!(stdin, "{number} {t}").expect("child input");

@@ -560,3 +560,118 @@ async fn a_client_over_its_rate_limit_gets_a_clear_error() {
         "{metrics}"
     );
 }
+
+/// `data_dir`: the light client's trusted state is saved after catch-up and
+/// each epoch change, and a restarted proxy resumes from it (the proof: it
+/// starts although its checkpoint names a block no upstream has); a damaged
+/// file stops the start with an error that names it. `ws_listen`: a second
+/// address serves WebSocket JSON-RPC and refuses HTTP POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trusted_state_survives_a_restart_and_a_ws_only_address_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let devnet = luxtensor_proxy::dev::start(4, &dir.path().join("devnet"), 500, 8)
+        .await
+        .unwrap();
+    let spec = devnet.spec.clone();
+    let upstreams = vec![format!("http://{}", devnet.rpc[0])];
+    let data = dir.path().join("proxy-data");
+    let config = ProxyConfig {
+        data_dir: Some(data.clone()),
+        ws_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    };
+    let first = luxtensor_proxy::start(config.clone(), spec.clone(), None, upstreams.clone())
+        .await
+        .unwrap();
+    let file = data.join(luxtensor_proxy::proxy::STATE_FILE);
+    let saved = wait_for(
+        "a saved state of epoch 2",
+        Duration::from_secs(40),
+        async || {
+            let bytes = std::fs::read(&file).ok()?;
+            let state = luxtensor_light::client::TrustedState::decode(&bytes).unwrap();
+            (state.epoch >= 2).then_some(state)
+        },
+    )
+    .await;
+    assert_eq!(saved.chain_id, spec.chain_id);
+
+    // The WebSocket-only address.
+    let ws_addr = first.bound.ws.expect("a WebSocket-only address");
+    assert_ne!(ws_addr, first.bound.rpc);
+    let mut ws = WsClient::connect(ws_addr).await;
+    let answer = ws.call("eth_chainId", json!([])).await;
+    assert_eq!(answer["result"], json!(format!("{:#x}", spec.chain_id)));
+    let mut http = HttpClient::connect(ws_addr).await;
+    let refused = http
+        .post(br#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#)
+        .await;
+    assert_eq!(
+        refused.status, 405,
+        "no HTTP JSON-RPC on the WebSocket address"
+    );
+    drop(first);
+
+    // A restart resumes from the file: the checkpoint (a block nobody has) is not needed.
+    let nowhere = luxtensor_light::client::Checkpoint {
+        chain_id: spec.chain_id,
+        anchor: luxtensor_light::client::Anchor::Block(alloy_primitives::B256::repeat_byte(0xee)),
+    };
+    let second = luxtensor_proxy::start(
+        config.clone(),
+        spec.clone(),
+        Some(nowhere.clone()),
+        upstreams.clone(),
+    )
+    .await
+    .expect("resumed from the saved state");
+    let resumed = second
+        .proxy
+        .verified
+        .lock()
+        .unwrap()
+        .light
+        .trusted_state()
+        .epoch;
+    assert!(resumed >= saved.epoch, "{resumed} < {}", saved.epoch);
+    let mut rpc = HttpClient::connect(second.bound.rpc).await;
+    wait_for(
+        "a verified head after the restart",
+        Duration::from_secs(20),
+        async || {
+            let r = rpc.call("eth_blockNumber", json!([])).await;
+            r.get("result").filter(|n| hex_u64(n) >= 1).cloned()
+        },
+    )
+    .await;
+    // Without the file that checkpoint fails; a damaged file is named.
+    let empty = ProxyConfig {
+        data_dir: Some(dir.path().join("empty")),
+        ..config.clone()
+    };
+    let error = luxtensor_proxy::start(empty, spec.clone(), Some(nowhere), upstreams.clone())
+        .await
+        .err()
+        .expect("the checkpoint names no block");
+    assert!(error.to_string().contains("checkpoint"), "{error}");
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    std::fs::write(
+        damaged.join(luxtensor_proxy::proxy::STATE_FILE),
+        b"\x01garbage",
+    )
+    .unwrap();
+    let config = ProxyConfig {
+        data_dir: Some(damaged),
+        ..config
+    };
+    let error = luxtensor_proxy::start(config, spec, None, upstreams)
+        .await
+        .err()
+        .expect("a damaged state file stops the start");
+    let message = error.to_string();
+    assert!(
+        message.contains("damaged") && message.contains("trusted-state.bin"),
+        "{message}"
+    );
+}

@@ -47,6 +47,12 @@ struct Cli {
     /// Calls a client may make at once under --rate-limit (default: one second's worth).
     #[arg(long, value_name = "CALLS", requires = "rate_limit")]
     rate_burst: Option<u32>,
+    /// Keep the light client's trusted state here, and resume from it after a restart.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// Also serve WebSocket JSON-RPC (only) on this address.
+    #[arg(long, value_name = "ADDR")]
+    ws_listen: Option<std::net::SocketAddr>,
     /// Start a local devnet in this process and front it.
     #[arg(long)]
     dev: bool,
@@ -81,6 +87,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         cache_bytes: cli.cache_mb.max(1) << 20,
         allow_methods: cli.allow_methods,
         api_keys: cli.api_keys,
+        data_dir: cli.data_dir,
+        ws_listen: cli.ws_listen,
         rate_limit: cli
             .rate_limit
             .map(|per_second| luxtensor_proxy::ratelimit::RateLimit {
@@ -119,6 +127,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         "luxtensor-proxy: verified JSON-RPC on http://{0} and ws://{0}",
         running.bound.rpc
     );
+    if let Some(ws) = running.bound.ws {
+        println!("luxtensor-proxy: WebSocket-only JSON-RPC on ws://{ws}");
+    }
     if let Some(m) = running.bound.metrics {
         println!("luxtensor-proxy: metrics on http://{m}/metrics, health on http://{m}/health");
     }
