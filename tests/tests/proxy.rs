@@ -649,10 +649,11 @@ async fn the_trusted_state_survives_a_restart_and_a_ws_only_address_serves() {
         data_dir: Some(dir.path().join("empty")),
         ..config.clone()
     };
-    let error = luxtensor_proxy::start(empty, spec.clone(), Some(nowhere), upstreams.clone())
-        .await
-        .err()
-        .expect("the checkpoint names no block");
+    let Err(error) =
+        luxtensor_proxy::start(empty, spec.clone(), Some(nowhere), upstreams.clone()).await
+    else {
+        panic!("started from a checkpoint that names no block");
+    };
     assert!(error.to_string().contains("checkpoint"), "{error}");
     let damaged = dir.path().join("damaged");
     std::fs::create_dir_all(&damaged).unwrap();
@@ -665,10 +666,9 @@ async fn the_trusted_state_survives_a_restart_and_a_ws_only_address_serves() {
         data_dir: Some(damaged),
         ..config
     };
-    let error = luxtensor_proxy::start(config, spec, None, upstreams)
-        .await
-        .err()
-        .expect("a damaged state file stops the start");
+    let Err(error) = luxtensor_proxy::start(config, spec, None, upstreams).await else {
+        panic!("started from a damaged state file");
+    };
     let message = error.to_string();
     assert!(
         message.contains("damaged") && message.contains("trusted-state.bin"),
