@@ -328,7 +328,7 @@ impl Node {
         // a question still open (a busy peer answers in turn, after the
         // ranges it is serving).
         self.ticks += 1;
-        if self.ticks % STATUS_EVERY_TICKS == 0 {
+        if self.ticks.is_multiple_of(STATUS_EVERY_TICKS) {
             let peers: Vec<PeerId> = self.network.peers().copied().collect();
             for peer in peers {
                 self.ask_status(peer);

@@ -24,8 +24,6 @@ use std::collections::{BTreeMap, HashMap};
 /// How far behind the best peer (in finalized blocks) a node must be to
 /// start range sync.
 pub const SYNC_DISTANCE: u64 = 32;
-/// Close enough to the best peer to hand over to gossip.
-pub const CAUGHT_UP_DISTANCE: u64 = 4;
 /// Header ranges in flight or received ahead of the queue at once.
 pub const MAX_HEADER_REQUESTS: usize = 4;
 
@@ -478,7 +476,10 @@ impl SyncManager {
         let Some((_, target)) = self.best_peer() else {
             return SyncOutcome::Syncing;
         };
-        if head.number + CAUGHT_UP_DISTANCE >= target {
+        // Caught up with the best finalized head we were told of (it may have
+        // moved on by a few blocks since: gossip and the engine's requests
+        // by hash fetch those).
+        if head.number >= target {
             self.active = None;
             self.reset(head);
             return SyncOutcome::CaughtUp;
