@@ -196,6 +196,20 @@ fn sync_completes_among_byzantine_peers_and_penalises_them() {
         .unwrap_or_else(|e| panic!("sync did not complete among byzantine peers: {e}"));
     assert_same_chain(&node);
 
+    // A silent peer is only found out when its requests run out of time
+    // (30 s), which may be after the sync completed elsewhere: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline
+        && !peers.iter().zip(names).all(|(peer, name)| {
+            name.starts_with("honest")
+                || node
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains("peer penalised") && l.contains(&peer.peer_id))
+        })
+    {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let log = node.log_text();
     let penalties: Vec<&str> = log
         .lines()

@@ -421,8 +421,12 @@ impl Node {
                 id,
                 timed_out,
             } => {
-                self.status_requests.remove(&id);
-                if let Some(why) = self.sync.on_failure(peer, id, timed_out) {
+                let why = if self.status_requests.remove(&id).is_some() {
+                    timed_out.then_some(crate::network::Misbehaviour::Timeout)
+                } else {
+                    self.sync.on_failure(peer, id, timed_out)
+                };
+                if let Some(why) = why {
                     self.network.penalise(peer, why);
                 }
             }

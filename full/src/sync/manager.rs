@@ -386,7 +386,9 @@ impl SyncManager {
                 let _ = self.protocol.handle_failure(&peer, batch);
                 None
             }
-            None => None,
+            // A request from before a reset (or the engine's by-hash
+            // request): nobody else judges it, so a timeout counts here.
+            None => timed_out.then_some(Misbehaviour::Timeout),
         }
     }
 
