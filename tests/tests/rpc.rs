@@ -552,11 +552,25 @@ async fn lux_namespace_serves_light_clients_and_operators() {
             decoded.header.header.next_validator_set_hash,
             set_next.hash()
         );
-        assert_eq!(
-            update["nextValidatorSet"]["hash"],
-            format!("{}", set_next.hash())
+        assert!(
+            update.get("nextValidatorSet").is_none(),
+            "compact by default: {update}"
         );
     }
+    // The readable views on request.
+    let verbose = http
+        .result("lux_getEpochUpdates", json!([0, 1, true]))
+        .await;
+    let set_1 = chain.chain.write().unwrap().validator_set(1).unwrap();
+    assert_eq!(
+        verbose[0]["nextValidatorSet"]["hash"],
+        format!("{}", set_1.hash())
+    );
+    assert_eq!(verbose[0]["rlp"], updates[0]["rlp"]);
+    let (code, _) = http
+        .error("lux_getEpochUpdates", json!([0, 1, "yes"]))
+        .await;
+    assert_eq!(code, -32602);
     let (code, _) = http.error("lux_getEpochUpdates", json!([0, 5])).await;
     assert_eq!(code, -32005, "bounded count per call");
 
