@@ -135,7 +135,7 @@ fn update_qc(case: &Case) -> Outcome {
             *qc = chain.qc_over(0, slot, hash, &signers, id);
         }
         "bit_outside" => {
-            assert!(n % 8 != 0, "the bitfield needs a padding bit");
+            assert!(!n.is_multiple_of(8), "the bitfield needs a padding bit");
             let mut bits = qc.signers.clone();
             bits.set(n);
             qc.signers = bits;
@@ -671,7 +671,7 @@ fn bytes(case: &Case) -> Outcome {
             page_verdict(&client.handle_update_bytes(A, &huge, SEED).unwrap())
         }
         "malformed_update" => {
-            let mut good = alloy_rlp::encode(&chain.updates[..1].to_vec());
+            let mut good = alloy_rlp::encode(chain.updates[..1].to_vec());
             good.truncate(good.len() - 10);
             page_verdict(&client.handle_update_bytes(A, &good, SEED).unwrap())
         }

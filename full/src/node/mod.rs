@@ -348,7 +348,8 @@ impl Node {
         match command {
             NodeCommand::Transaction(tx) => match self.engine.submit_transaction((*tx).clone()) {
                 Ok(()) => {
-                    self.network.publish(&GossipMessage::Transaction(tx.clone()));
+                    self.network
+                        .publish(&GossipMessage::Transaction(tx.clone()));
                     self.notify(BroadcastEvent::NewTransaction(*tx));
                 }
                 Err(reason) => tracing::debug!(%reason, "transaction refused by the mempool"),

@@ -243,7 +243,11 @@ impl SyncManager {
             .header_requests
             .values()
             .map(|(_, count)| *count)
-            .chain(self.header_pages.values().map(|(_, page)| page.len() as u64))
+            .chain(
+                self.header_pages
+                    .values()
+                    .map(|(_, page)| page.len() as u64),
+            )
             .sum();
         let mut room = (self.protocol.queue_capacity() as u64).saturating_sub(held);
         while self.header_requests.len() + self.header_pages.len() < MAX_HEADER_REQUESTS {

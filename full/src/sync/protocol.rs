@@ -1021,11 +1021,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             return false;
         }
         state.in_flight == 0
-            || state
-                .expected_ms(self.batch_limit(peer))
-                .is_none_or(|e| {
-                    e.saturating_mul(self.config.timeout_factor) <= self.config.request_timeout_ms
-                })
+            || state.expected_ms(self.batch_limit(peer)).is_none_or(|e| {
+                e.saturating_mul(self.config.timeout_factor) <= self.config.request_timeout_ms
+            })
     }
 
     /// The timeout of a new batch of `blocks` on a peer in `state`.
