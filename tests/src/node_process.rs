@@ -115,3 +115,17 @@ pub fn free_addr() -> SocketAddr {
     let port = luxtensor_full::node::devnet::free_port().expect("a free port");
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// Options for a devnet of `validators` in `dir` on free loopback ports,
+/// with the devnet's short slots (500 ms) and epochs (8 slots).
+pub fn devnet_options(dir: &Path, validators: u32) -> luxtensor_full::node::devnet::DevnetOptions {
+    luxtensor_full::node::devnet::DevnetOptions {
+        validators,
+        data_dir: dir.join("devnet"),
+        slot_ms: 500,
+        epoch_length: 8,
+        http_addr: free_addr(),
+        ws_addr: free_addr(),
+        metrics_addr: free_addr(),
+    }
+}

@@ -3,11 +3,11 @@
 //! that stakes through the staking contract and let one exit.
 
 use alloy_primitives::{Bytes, U256};
-use luxtensor_full::node::devnet::{self, DevnetOptions, NodeArgs};
+use luxtensor_full::node::devnet::{self, NodeArgs};
 use luxtensor_full::staking::{STAKING_ADDRESS, request_exit_calldata, stake_calldata};
 use luxtensor_light::ChainSpec;
 use luxtensor_light::chain_spec::devnet_validator_key;
-use luxtensor_tests::node_process::{NodeProcess, free_addr};
+use luxtensor_tests::node_process::{NodeProcess, devnet_options, free_addr};
 use luxtensor_tests::rpc_support::HttpClient;
 use luxtensor_tests::wallet::{dev_signer, staking_call};
 use serde_json::{Value, json};
@@ -60,15 +60,7 @@ async fn send(client: &mut HttpClient, tx: &luxtensor_light::SignedTransaction) 
 async fn devnet_validators_finalize_cross_epochs_admit_a_staker_and_let_one_exit() {
     let _one = ONE_DEVNET.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = DevnetOptions {
-        validators: 4,
-        data_dir: dir.path().join("devnet"),
-        slot_ms: 500,
-        epoch_length: 8,
-        http_addr: free_addr(),
-        ws_addr: free_addr(),
-        metrics_addr: free_addr(),
-    };
+    let options = devnet_options(dir.path(), 4);
     let prepared = devnet::prepare(&options).unwrap();
     let chain_file = options.data_dir.join("chain.json");
     let spec = ChainSpec::from_json_str(&std::fs::read_to_string(&chain_file).unwrap()).unwrap();
@@ -273,15 +265,7 @@ async fn signed_qc_of(client: &mut HttpClient, number: u64, index: usize) -> boo
 async fn devnet_a_validator_killed_with_sigkill_restarts_from_its_data_dir_and_votes_again() {
     let _one = ONE_DEVNET.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = DevnetOptions {
-        validators: 4,
-        data_dir: dir.path().join("devnet"),
-        slot_ms: 500,
-        epoch_length: 8,
-        http_addr: free_addr(),
-        ws_addr: free_addr(),
-        metrics_addr: free_addr(),
-    };
+    let options = devnet_options(dir.path(), 4);
     let prepared = devnet::prepare(&options).unwrap();
     let log = |i: usize, run: u32| dir.path().join(format!("node-{i}-{run}.log"));
     let mut nodes: Vec<NodeProcess> = prepared
@@ -366,15 +350,7 @@ fn light_binary() -> std::path::PathBuf {
 async fn devnet_the_light_client_follows_real_nodes_across_epochs() {
     let _one = ONE_DEVNET.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = DevnetOptions {
-        validators: 4,
-        data_dir: dir.path().join("devnet"),
-        slot_ms: 500,
-        epoch_length: 8,
-        http_addr: free_addr(),
-        ws_addr: free_addr(),
-        metrics_addr: free_addr(),
-    };
+    let options = devnet_options(dir.path(), 4);
     let prepared = devnet::prepare(&options).unwrap();
     let nodes: Vec<NodeProcess> = prepared
         .iter()

@@ -6,8 +6,8 @@ use libp2p::gossipsub::IdentTopic;
 use luxtensor_full::network::{
     BehaviourConfig, Network, NetworkConfig, NetworkEvent, ScoreConfig, Topic,
 };
-use luxtensor_full::node::devnet::{self, DevnetOptions};
-use luxtensor_tests::node_process::{NodeProcess, free_addr};
+use luxtensor_full::node::devnet;
+use luxtensor_tests::node_process::{NodeProcess, devnet_options};
 use luxtensor_tests::rpc_support::HttpClient;
 use serde_json::json;
 use std::time::Duration;
@@ -17,15 +17,7 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_malformed_and_oversized_messages_get_the_sender_banned_and_the_node_survives() {
     let dir = tempfile::tempdir().unwrap();
-    let options = DevnetOptions {
-        validators: 1,
-        data_dir: dir.path().join("devnet"),
-        slot_ms: 500,
-        epoch_length: 8,
-        http_addr: free_addr(),
-        ws_addr: free_addr(),
-        metrics_addr: free_addr(),
-    };
+    let options = devnet_options(dir.path(), 1);
     let prepared = devnet::prepare(&options).unwrap();
     let node = NodeProcess::spawn(&prepared[0].1, &dir.path().join("node.log"));
     let target: libp2p::Multiaddr = prepared[0].0.p2p.parse().unwrap();
