@@ -239,11 +239,7 @@ fn a_lying_upstream_is_rejected_and_an_honest_one_keeps_it_going() {
     let spec = write_spec(dir.path(), &chain);
     let liar = LightServer::start(chain.clone(), 12, Behaviour::BadQc);
     // The honest node comes up after the client asked the liar for updates.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = luxtensor_full::node::devnet::free_port().unwrap();
     let honest_url = format!("ws://127.0.0.1:{port}");
     let mut f = Follower::start(
         &spec,

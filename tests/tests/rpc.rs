@@ -1285,11 +1285,7 @@ async fn the_seed_websocket_server_api_serves_subscriptions() {
     let mut chain = RpcChain::start(1, RpcLimits::default()).await;
     let server = WebSocketServer::new(chain.state.clone());
     let broadcaster = server.get_broadcast_sender();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = luxtensor_full::node::devnet::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let task = tokio::spawn({
         let addr = addr.clone();

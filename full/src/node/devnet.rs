@@ -54,10 +54,41 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevnetError {
     move |source| DevnetError::Io { what, source }
 }
 
-/// A free loopback port (bound then released; a race with other programs is
-/// possible but harmless on a test machine).
+/// A free loopback port, bound then released.
+///
+/// It is taken from below the kernel's ephemeral range, so the outgoing
+/// connections of nodes already running cannot take it between this call
+/// and the node's bind (a port from `bind(0)` could be, which made devnet
+/// starts fail with "address in use"). Each process starts at its own offset
+/// and never hands out the same port twice.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let (low, high) = (10_000u32, ephemeral_range_start().max(10_001));
+    let span = high - low;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span.min(1_000) {
+        let port = low + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return Ok(listener.local_addr()?.port());
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it
+/// cannot be read).
+fn ephemeral_range_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+        .min(u16::MAX as u32)
 }
 
 /// The devnet chain spec with genesis `delay` from now.
