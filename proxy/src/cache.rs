@@ -9,10 +9,17 @@
 //! | [`Scope::Block`] | a block by number below the head | the block is reorged out |
 //! | [`Scope::Head`] | `eth_blockNumber`, a balance at `latest` | any new verified head |
 //!
+//! Beside it, a smaller table of whole responses keyed by the exact request
+//! body ([`Cache::get_exact`]): only for [`Scope::Immutable`] answers (final,
+//! verified data that can never change), so that the server can answer a
+//! repeated request for them without parsing it. It takes at most an eighth
+//! of the entry and byte budgets, and its bytes count in [`Cache::bytes`].
+//!
 //! In-flight coalescing lives in the server (it needs futures); this module
 //! only stores and counts.
 
 use alloy_primitives::B256;
+use hyper::body::Bytes;
 use lru::LruCache;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,7 +29,7 @@ use std::sync::Arc;
 /// When a cached answer stops being true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// True forever (content addressed by hash).
+    /// True forever: data of a block at or below the verified final head.
     Immutable,
     /// True while this block stays canonical.
     Block(B256),
@@ -34,6 +41,17 @@ pub enum Scope {
 struct Entry {
     value: Arc<str>,
     scope: Scope,
+}
+
+/// A whole response to one exact request body (see [`Cache::get_exact`]).
+#[derive(Debug, Clone)]
+pub struct Exact {
+    /// The method (its hits are counted with the method's).
+    pub method: &'static str,
+    /// The request's id as JSON text (an error answer to the same body needs it).
+    pub id: Arc<str>,
+    /// The response, byte for byte.
+    pub response: Bytes,
 }
 
 /// Hits and misses of one method.
@@ -55,10 +73,18 @@ pub struct Cache {
     block_keys: HashMap<B256, Vec<String>>,
     counts: BTreeMap<&'static str, Counts>,
     evictions: u64,
+    exact: LruCache<Box<[u8]>, Exact>,
+    exact_bytes: usize,
 }
 
 /// Extra bytes counted per entry (key, bookkeeping).
 const ENTRY_OVERHEAD: usize = 96;
+
+/// The exact-body table's share of the budgets (one part in this many).
+const EXACT_SHARE: usize = 8;
+
+/// Longest request body kept as an exact key.
+pub const MAX_EXACT_BODY: usize = 1024;
 
 impl Cache {
     /// A cache of at most `max_entries` entries and `max_bytes` bytes.
@@ -71,6 +97,10 @@ impl Cache {
             block_keys: HashMap::new(),
             counts: BTreeMap::new(),
             evictions: 0,
+            exact: LruCache::new(
+                NonZeroUsize::new((max_entries / EXACT_SHARE).max(1)).expect("non-zero"),
+            ),
+            exact_bytes: 0,
         }
     }
 
@@ -85,15 +115,55 @@ impl Cache {
         format!("{method}:{canonical}")
     }
 
-    /// The cached answer, counting a hit or a miss for `method`.
-    pub fn get(&mut self, method: &'static str, key: &str) -> Option<Arc<str>> {
-        let found = self.entries.get(key).map(|e| e.value.clone());
+    /// The cached answer and its scope, counting a hit or a miss for `method`.
+    pub fn get(&mut self, method: &'static str, key: &str) -> Option<(Arc<str>, Scope)> {
+        let found = self.entries.get(key).map(|e| (e.value.clone(), e.scope));
         let counts = self.counts.entry(method).or_default();
         match found {
             Some(_) => counts.hits += 1,
             None => counts.misses += 1,
         }
         found
+    }
+
+    /// The whole response stored for exactly this request body. Nothing is
+    /// counted: a hit is counted ([`Cache::hit`]) when it is served, and on
+    /// a miss the body is answered the ordinary way, which counts.
+    pub fn get_exact(&mut self, body: &[u8]) -> Option<Exact> {
+        self.exact.get(body).cloned()
+    }
+
+    /// Counts a hit for `method` (a whole response served from [`Cache::get_exact`]).
+    pub fn hit(&mut self, method: &'static str) {
+        self.counts.entry(method).or_default().hits += 1;
+    }
+
+    /// Stores the response to exactly this body. Only for answers of
+    /// [`Scope::Immutable`]: nothing ever removes an entry but eviction.
+    /// Bodies longer than [`MAX_EXACT_BODY`] are not kept.
+    pub fn put_exact(&mut self, body: &[u8], exact: Exact) {
+        let size = body.len() + exact.response.len() + exact.id.len() + ENTRY_OVERHEAD;
+        let budget = self.max_bytes / EXACT_SHARE;
+        if body.len() > MAX_EXACT_BODY || size > budget {
+            return;
+        }
+        self.bytes += size;
+        self.exact_bytes += size;
+        if let Some((old_body, old)) = self.exact.push(body.into(), exact) {
+            self.forget_exact(&old_body, &old);
+        }
+        while self.exact_bytes > budget || self.bytes > self.max_bytes {
+            match self.exact.pop_lru() {
+                Some((b, e)) => self.forget_exact(&b, &e),
+                None => break,
+            }
+        }
+    }
+
+    fn forget_exact(&mut self, body: &[u8], exact: &Exact) {
+        let size = body.len() + exact.response.len() + exact.id.len() + ENTRY_OVERHEAD;
+        self.bytes -= size;
+        self.exact_bytes -= size;
     }
 
     /// Stores an answer.
@@ -170,17 +240,18 @@ impl Cache {
         }
     }
 
-    /// Entries held.
+    /// Entries held (answers by key and whole responses by exact body).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.exact.len()
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// Bytes held (answers, keys and a fixed overhead per entry).
+    /// Bytes held (answers, keys, whole responses and their bodies, and a
+    /// fixed overhead per entry).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -251,7 +322,8 @@ mod tests {
         assert!(cache.get("m", "b").is_some());
         cache.reorg(&[block]);
         assert!(cache.get("m", "b").is_none());
-        assert_eq!(cache.get("m", "c").as_deref(), Some("3"));
+        let (value, scope) = cache.get("m", "c").unwrap();
+        assert_eq!((&*value, scope), ("3", Scope::Immutable));
         assert_eq!(cache.counts()["m"], Counts { hits: 3, misses: 2 });
         assert_eq!(cache.bytes(), 1 + 1 + ENTRY_OVERHEAD);
     }
@@ -287,5 +359,51 @@ mod tests {
         assert_eq!(cache.bytes(), 1 + 2 + ENTRY_OVERHEAD);
         cache.new_head();
         assert_eq!(cache.len(), 1, "no longer head-scoped");
+    }
+
+    fn exact(id: &str, response: &'static str) -> Exact {
+        Exact {
+            method: "eth_getBlockByNumber",
+            id: id.into(),
+            response: Bytes::from_static(response.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn exact_bodies_are_matched_byte_for_byte_and_bounded() {
+        let mut cache = Cache::new(80, 8 * 1024);
+        let body =
+            br#"{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["0x1",true]}"#;
+        cache.put_exact(body, exact("1", "response"));
+        let hit = cache.get_exact(body).unwrap();
+        assert_eq!((&hit.response[..], &*hit.id), (&b"response"[..], "1"));
+        cache.hit(hit.method);
+        assert_eq!(
+            cache.counts()["eth_getBlockByNumber"],
+            Counts { hits: 1, misses: 0 }
+        );
+        // Another id, another spacing: another body.
+        let other =
+            br#"{"jsonrpc":"2.0","id":2,"method":"eth_getBlockByNumber","params":["0x1",true]}"#;
+        assert!(cache.get_exact(other).is_none());
+        assert!(cache.get_exact(&body[..body.len() - 1]).is_none());
+        assert_eq!(cache.len(), 1);
+        // At most an eighth of the entries (10), and of the bytes (1 KiB).
+        for i in 0..20u32 {
+            cache.put_exact(&i.to_be_bytes(), exact("1", "r"));
+        }
+        assert_eq!(cache.len(), 10);
+        let big: &'static str = Box::leak("x".repeat(2000).into_boxed_str());
+        cache.put_exact(b"big", exact("1", big));
+        assert!(cache.get_exact(b"big").is_none(), "larger than its share");
+        assert!(cache.get_exact(&vec![b' '; MAX_EXACT_BODY + 1]).is_none());
+        cache.put_exact(&vec![b' '; MAX_EXACT_BODY + 1], exact("1", "r"));
+        assert!(cache.get_exact(&vec![b' '; MAX_EXACT_BODY + 1]).is_none());
+        assert!(cache.bytes() <= 1024);
+        // Dropping what is held by scope leaves whole responses alone
+        // (they are only ever stored for immutable answers).
+        cache.new_head();
+        cache.reorg(&[B256::ZERO]);
+        assert_eq!(cache.len(), 10);
     }
 }

@@ -20,7 +20,7 @@
 //! | [`proxy`] | shared state and verified fetches |
 //! | [`follower`] | the shell driving the light client and the canonical window |
 //! | [`methods`], [`logs`], [`filters`] | the methods |
-//! | [`server`], [`metrics`] | axum HTTP + WebSocket, subscriptions, `/metrics`, `/health` |
+//! | [`server`], [`fanout`], [`metrics`] | HTTP (hyper, axum) + WebSocket, subscriptions and their fan-out, `/metrics`, `/health` |
 //! | [`status`] | the live status page (`/`, `/status.json`, `/status/events`) on the metrics address |
 //! | `dev` (feature `dev`) | the in-process devnet of `--dev` |
 //!
@@ -37,6 +37,7 @@ pub mod cache;
 pub mod canon;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod fanout;
 pub mod filters;
 pub mod follower;
 pub mod logs;

@@ -116,20 +116,45 @@ fn cacheable(method: &str) -> Option<&'static str> {
 /// Answers one call: from the cache, from a coalesced in-flight request,
 /// or by computing it.
 pub async fn call(proxy: &Arc<Proxy>, method: &str, params: Value) -> Answer {
+    call_cached(proxy, method, params).await.answer
+}
+
+/// An answer, and where the cache holds it.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The answer.
+    pub answer: Answer,
+    /// The method's cache name and the scope of the cached answer, when
+    /// the answer is (now) in the cache.
+    pub cached: Option<(&'static str, Scope)>,
+}
+
+/// [`call`], saying whether (and for how long) the answer is cached: the
+/// server keeps whole responses of [`Scope::Immutable`] answers.
+pub async fn call_cached(proxy: &Arc<Proxy>, method: &str, params: Value) -> Outcome {
     proxy.counters.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(allow) = &proxy.config.allow_methods
         && !allow.iter().any(|m| m == method)
     {
-        return Err(RpcFailure::method_not_found(method));
+        return Outcome {
+            answer: Err(RpcFailure::method_not_found(method)),
+            cached: None,
+        };
     }
     let Some(name) = cacheable(method) else {
-        return dispatch(proxy, method, &params)
-            .await
-            .map(|(v, _, t)| (v, t));
+        return Outcome {
+            answer: dispatch(proxy, method, &params)
+                .await
+                .map(|(v, _, t)| (v, t)),
+            cached: None,
+        };
     };
     let key = Cache::key(method, &params);
-    if let Some(hit) = proxy.cache.lock().expect("not poisoned").get(name, &key) {
-        return Ok((hit, Trust::Verified));
+    if let Some((hit, scope)) = proxy.cache.lock().expect("not poisoned").get(name, &key) {
+        return Outcome {
+            answer: Ok((hit, Trust::Verified)),
+            cached: Some((name, scope)),
+        };
     }
     let p = proxy.clone();
     let k = key.clone();
@@ -141,13 +166,19 @@ pub async fn call(proxy: &Arc<Proxy>, method: &str, params: Value) -> Answer {
                 .expect("not poisoned")
                 .put(k, value.clone(), scope);
         }
-        Ok(value)
+        Ok((value, scope))
     }
     .boxed();
-    proxy
-        .coalesce(key, compute)
-        .await
-        .map(|v| (v, Trust::Verified))
+    match proxy.coalesce(key, compute).await {
+        Ok((value, scope)) => Outcome {
+            answer: Ok((value, Trust::Verified)),
+            cached: scope.map(|s| (name, s)),
+        },
+        Err(e) => Outcome {
+            answer: Err(e),
+            cached: None,
+        },
+    }
 }
 
 type Computed = Result<(Arc<str>, Option<Scope>, Trust), RpcFailure>;
@@ -208,10 +239,29 @@ async fn header_for_id(
 ) -> Result<Option<(SignedHeader, Scope)>, RpcFailure> {
     match id {
         BlockId::Number(tag) => header_for_tag(proxy, tag).await,
-        BlockId::Hash(h) => Ok(proxy
-            .header_by_hash(h.block_hash)
-            .await?
-            .map(|header| (header, Scope::Immutable))),
+        BlockId::Hash(h) => Ok(proxy.header_by_hash(h.block_hash).await?.map(|header| {
+            let scope = block_scope(proxy, &header);
+            (header, scope)
+        })),
+    }
+}
+
+/// The scope of an answer about a verified canonical block: immutable once
+/// the block is final, until then true while the block stays canonical
+/// (a reorg may replace it, and a block that left the canonical chain is
+/// not served, even by hash).
+fn block_scope(proxy: &Proxy, header: &SignedHeader) -> Scope {
+    let hash = header.hash();
+    let v = proxy.verified.lock().expect("not poisoned");
+    let final_and_canonical = v
+        .canon
+        .finalized_header()
+        .is_some_and(|f| header.number <= f.number)
+        && v.canon.by_hash(&hash).is_some();
+    if final_and_canonical {
+        Scope::Immutable
+    } else {
+        Scope::Block(hash)
     }
 }
 
@@ -683,7 +733,7 @@ async fn transaction_by_hash(proxy: &Arc<Proxy>, hash: B256) -> Computed {
     };
     let block = proxy.block(&header).await?;
     match block.txs.iter().find(|t| t.hash == hash) {
-        Some(tx) => verified(text(&tx.json), Scope::Block(header.hash())),
+        Some(tx) => verified(text(&tx.json), block_scope(proxy, &header)),
         None => Err(RpcFailure::unavailable(format!(
             "the upstream places {hash} in block {block_hash}, which does not contain it"
         ))),
@@ -717,7 +767,7 @@ async fn receipt_by_hash(proxy: &Arc<Proxy>, hash: B256) -> Computed {
         .iter()
         .find(|r| r.get("transactionHash") == Some(&hash_text))
     {
-        Some(r) => verified(text(r), Scope::Block(header.hash())),
+        Some(r) => verified(text(r), block_scope(proxy, &header)),
         None => Err(RpcFailure::unavailable(format!(
             "block {block_hash} has no receipt for {hash}"
         ))),

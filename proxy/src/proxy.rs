@@ -176,7 +176,10 @@ pub struct Counters {
     pub rate_limited: AtomicU64,
 }
 
-type InFlight = Shared<BoxFuture<'static, Result<Arc<str>, RpcFailure>>>;
+/// A computed answer and its cache scope (`None`: not cached).
+pub type Scoped = Result<(Arc<str>, Option<crate::cache::Scope>), RpcFailure>;
+
+type InFlight = Shared<BoxFuture<'static, Scoped>>;
 
 /// Everything the server, the follower and the metrics share.
 #[derive(Debug)]
@@ -201,6 +204,8 @@ pub struct Proxy {
     pub filters: Mutex<crate::filters::Filters>,
     /// The verified event stream.
     pub events: broadcast::Sender<Arc<ChainEvent>>,
+    /// The same events for WebSocket connections (see [`crate::fanout`]).
+    pub fanout: Arc<crate::fanout::Ring<Arc<ChainEvent>>>,
     /// Counters.
     pub counters: Counters,
     /// Per-client rate limit, if configured.
@@ -229,6 +234,7 @@ impl Proxy {
             inflight: Mutex::new(HashMap::new()),
             filters: Mutex::new(Default::default()),
             events,
+            fanout: crate::fanout::Ring::new(EVENT_CAPACITY),
             counters: Counters::default(),
             driver: std::sync::OnceLock::new(),
             limiter: config
@@ -552,15 +558,13 @@ impl Proxy {
     /// Sends an event to subscribers and polling filters.
     pub fn emit(&self, event: ChainEvent) {
         self.filters.lock().expect("not poisoned").on_event(&event);
-        let _ = self.events.send(Arc::new(event));
+        let event = Arc::new(event);
+        let _ = self.events.send(event.clone());
+        self.fanout.publish(event);
     }
 
     /// Runs `compute` once for concurrent identical `key`s.
-    pub async fn coalesce(
-        &self,
-        key: String,
-        compute: BoxFuture<'static, Result<Arc<str>, RpcFailure>>,
-    ) -> Result<Arc<str>, RpcFailure> {
+    pub async fn coalesce(&self, key: String, compute: BoxFuture<'static, Scoped>) -> Scoped {
         let shared = {
             let mut inflight = self.inflight.lock().expect("not poisoned");
             match inflight.get(&key) {

@@ -1,6 +1,24 @@
-//! HTTP and WebSocket JSON-RPC on one address (axum), subscriptions with
-//! bounded per-connection send queues, and `/metrics` + `/health` on their
-//! own address.
+//! HTTP and WebSocket JSON-RPC on one address, subscriptions with bounded
+//! per-connection send queues, and `/metrics` + `/health` on their own
+//! address.
+//!
+//! ## HTTP
+//!
+//! Connections are served by hyper directly: a `POST /` is answered here
+//! (API key, body limit, then the call), everything else (WebSocket
+//! upgrades, `GET`, other paths and methods) goes to an axum router.
+//!
+//! A repeated request for final data is answered from its exact bytes:
+//! when a single call's answer is [`Scope::Immutable`] (a block, a
+//! transaction or a receipt at or below the verified final head), the whole
+//! response is kept under the exact request body
+//! ([`Cache::put_exact`](crate::cache::Cache::put_exact)), and
+//! the same body again is answered with those bytes before any JSON is
+//! parsed, after the API key and the client's rate limit, counted as a call
+//! and as a cache hit of its method like any other. Nothing that can change
+//! (`latest`, pending, a block above the final head, filters,
+//! subscriptions) is ever kept there, nor a batch, an error or a forwarded
+//! (unverified) answer.
 //!
 //! ## Subscriptions
 //!
@@ -17,26 +35,37 @@
 //! close code 1008 and the reason `send queue full: the client does not
 //! read fast enough`; the others never wait for it.
 
+use crate::cache::{Exact, MAX_EXACT_BODY, Scope};
+use crate::fanout::{Lagged, Ring, RingReceiver};
 use crate::methods;
 use crate::proxy::{ChainEvent, Proxy};
 use crate::rpc::{self, Parsed, RpcFailure};
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::ws::{
     CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::{SinkExt, StreamExt};
-use std::collections::HashMap;
+use futures::SinkExt;
+use futures::task::AtomicWaker;
+use futures::{Sink, Stream};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,14 +100,12 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     let rpc = listener.local_addr().unwrap_or(addr);
+    // `POST /` is answered before this router (see `route`).
     let router = Router::new()
-        .route("/", get(http_get).post(http_post))
+        .route("/", get(http_get))
         .layer(DefaultBodyLimit::max(proxy.config.max_body_bytes))
         .with_state(proxy.clone());
-    tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let _ = axum::serve(listener, service).await;
-    });
+    tokio::spawn(serve_rpc(listener, proxy.clone(), router));
     let ws = match proxy.config.ws_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -157,19 +184,118 @@ async fn http_get(
     }
 }
 
-async fn http_post(
-    State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    if !authorized(&proxy, &headers, &query) {
+/// Accepts connections and serves each with hyper (HTTP/1.1, keep-alive,
+/// upgrades for WebSocket).
+async fn serve_rpc(listener: TcpListener, proxy: Arc<Proxy>, router: Router) {
+    let router = TowerToHyperService::new(router);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to close.
+                tracing::debug!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                route(proxy.clone(), router.clone(), peer, request)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// One HTTP request: `POST /` here, the rest through the router.
+async fn route(
+    proxy: Arc<Proxy>,
+    router: TowerToHyperService<Router>,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<Response, Infallible> {
+    if request.method() == Method::POST && request.uri().path() == "/" {
+        return Ok(http_post(&proxy, peer, request).await);
+    }
+    request.extensions_mut().insert(ConnectInfo(peer));
+    hyper::service::Service::call(&router, request).await
+}
+
+fn json_response(body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn http_post(proxy: &Arc<Proxy>, peer: SocketAddr, request: Request<Incoming>) -> Response {
+    let (parts, body) = request.into_parts();
+    let query = parts.uri.query().map(str::to_string);
+    if !authorized(proxy, &parts.headers, &query) {
         return (StatusCode::UNAUTHORIZED, "missing or unknown API key\n").into_response();
     }
-    match handle_body_from(&proxy, &body, Some(peer.ip())).await {
-        Some(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
-        None => StatusCode::OK.into_response(),
+    let max = proxy.config.max_body_bytes;
+    let body = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let message = format!("the request body is larger than {max} bytes\n");
+            return (StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+        }
+        Err(_) => {
+            return (StatusCode::BAD_REQUEST, "cannot read the request body\n").into_response();
+        }
+    };
+    let client = peer.ip();
+    if let Some(response) = exact_answer(proxy, client, &body) {
+        return json_response(response);
+    }
+    let (text, keep) = answer_body(proxy, &body, Some(client)).await;
+    let Some(text) = text else {
+        return StatusCode::OK.into_response();
+    };
+    let response = Bytes::from(text);
+    if let Some((method, id)) = keep
+        && body.len() <= MAX_EXACT_BODY
+    {
+        let exact = Exact {
+            method,
+            id,
+            response: response.clone(),
+        };
+        proxy
+            .cache
+            .lock()
+            .expect("not poisoned")
+            .put_exact(&body, exact);
+    }
+    json_response(response)
+}
+
+/// The response kept for exactly this body, if any, as the slow path would
+/// give it: served (a call and a hit of its method), or refused by the
+/// client's rate limit.
+fn exact_answer(proxy: &Proxy, client: IpAddr, body: &[u8]) -> Option<Bytes> {
+    if body.len() > MAX_EXACT_BODY {
+        return None;
+    }
+    let mut cache = proxy.cache.lock().expect("not poisoned");
+    let exact = cache.get_exact(body)?;
+    match allow_one(proxy, client) {
+        Ok(()) => {
+            cache.hit(exact.method);
+            drop(cache);
+            proxy.counters.requests.fetch_add(1, Ordering::Relaxed);
+            Some(exact.response)
+        }
+        Err(error) => Some(Bytes::from(rpc::error_response(&exact.id, &error))),
     }
 }
 
@@ -184,53 +310,93 @@ pub async fn handle_body_from(
     body: &[u8],
     client: Option<IpAddr>,
 ) -> Option<String> {
+    answer_body(proxy, body, client).await.0
+}
+
+/// The answer to a body, and, when it is a single call whose answer may be
+/// kept whole under the exact body (see the module's docs), its method's
+/// cache name and the id as JSON text.
+async fn answer_body(
+    proxy: &Arc<Proxy>,
+    body: &[u8],
+    client: Option<IpAddr>,
+) -> (Option<String>, Option<(&'static str, Arc<str>)>) {
     let (batch, mut calls) = match rpc::parse_body(body, proxy.config.max_batch_len) {
         Ok(parsed) => parsed,
-        Err(error) => return Some(error),
+        Err(error) => return (Some(error), None),
     };
     rate_limit(proxy, client, &mut calls);
-    let answers = futures::future::join_all(calls.into_iter().map(|call| async move {
+    let mut answers = futures::future::join_all(calls.into_iter().map(|call| async move {
         match call {
-            Parsed::Invalid { id, error } => Some(rpc::error_response(&id, &error)),
+            Parsed::Invalid { id, error } => (Some(rpc::error_response(&id, &error)), None),
             Parsed::Call { id, method, params } => {
-                let answer = methods::call(proxy, &method, params).await;
-                id.map(|id| rpc::response(&id, &answer))
+                let outcome = methods::call_cached(proxy, &method, params).await;
+                let Some(id) = id else {
+                    return (None, None);
+                };
+                let text = rpc::response(&id, &outcome.answer);
+                let keep = match (&outcome.answer, outcome.cached) {
+                    (Ok((_, rpc::Trust::Verified)), Some((name, Scope::Immutable))) => {
+                        Some((name, id.into()))
+                    }
+                    _ => None,
+                };
+                (Some(text), keep)
             }
         }
     }))
     .await;
-    rpc::join(batch, answers.into_iter().flatten().collect())
+    let keep = match (batch, answers.as_mut_slice()) {
+        (false, [(_, keep)]) => keep.take(),
+        _ => None,
+    };
+    let texts = answers.into_iter().filter_map(|(text, _)| text).collect();
+    (rpc::join(batch, texts), keep)
+}
+
+/// The error for a call over the client's rate limit, `wait_ms` before the next is allowed.
+fn over_limit(limit: crate::ratelimit::RateLimit, wait_ms: u64) -> RpcFailure {
+    let mut error = RpcFailure::new(
+        -32005,
+        format!(
+            "rate limit exceeded: at most {} calls per second per client (bursts of {}); retry in {wait_ms} ms",
+            limit.per_second, limit.burst
+        ),
+    );
+    error.data = Some(serde_json::json!({ "retryAfterMs": wait_ms }));
+    error
+}
+
+/// Takes one call from `client`'s allowance (counting a refusal).
+fn allow_one(proxy: &Proxy, client: IpAddr) -> Result<(), RpcFailure> {
+    let Some(limiter) = &proxy.limiter else {
+        return Ok(());
+    };
+    let now = proxy.pool.now_ms();
+    let mut limiter = limiter.lock().expect("not poisoned");
+    limiter.check(client, now).map_err(|wait_ms| {
+        proxy.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        over_limit(limiter.limit(), wait_ms)
+    })
 }
 
 /// Applies the per-client rate limit: each call over it is answered with
 /// error -32005 (`data.retryAfterMs`: when the next call is allowed); a
 /// notification over it is dropped.
 fn rate_limit(proxy: &Proxy, client: Option<IpAddr>, calls: &mut Vec<Parsed>) {
-    let (Some(limiter), Some(client)) = (&proxy.limiter, client) else {
+    let Some(client) = client else {
         return;
     };
-    let now = proxy.pool.now_ms();
-    let mut limiter = limiter.lock().expect("not poisoned");
-    let limit = limiter.limit();
     calls.retain_mut(|call| {
         let Parsed::Call { id, .. } = call else {
             return true;
         };
-        let Err(wait_ms) = limiter.check(client, now) else {
+        let Err(error) = allow_one(proxy, client) else {
             return true;
         };
-        proxy.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         let Some(id) = id.take() else {
             return false;
         };
-        let mut error = RpcFailure::new(
-            -32005,
-            format!(
-                "rate limit exceeded: at most {} calls per second per client (bursts of {}); retry in {wait_ms} ms",
-                limit.per_second, limit.burst
-            ),
-        );
-        error.data = Some(serde_json::json!({ "retryAfterMs": wait_ms }));
         *call = Parsed::Invalid { id, error };
         true
     });
@@ -354,205 +520,355 @@ fn notify(id: &str, sub: &Sub, event: &ChainEvent, out: &mut Vec<String>) {
 
 const SLOW: &str = "send queue full: the client does not read fast enough";
 
-/// One WebSocket connection.
+/// Events taken from the ring per poll (their frames go out in one write).
+const EVENTS_PER_POLL: usize = 64;
+/// Rounds of work per poll before the task yields to other connections.
+const ROUNDS_PER_POLL: usize = 32;
+
+/// One WebSocket connection, driven by one task (as the node's RPC does
+/// it): requests read in order, subscriptions answered at once and other
+/// calls on tasks of their own, notifications rendered from the ring, and
+/// every outgoing message through one bounded queue, handed to the socket
+/// in a batch and flushed once. A new head costs a subscribed connection
+/// one wake-up, one render per subscription and one write.
 async fn websocket(socket: WebSocket, proxy: Arc<Proxy>, client: IpAddr) {
     proxy
         .counters
         .ws_connections
         .fetch_add(1, Ordering::Relaxed);
-    let (mut sink, mut stream) = socket.split();
-    let (queue, mut outgoing) = mpsc::channel::<Message>(proxy.config.ws_send_queue.max(1));
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            let closing = matches!(message, Message::Close(_));
-            match tokio::time::timeout(Duration::from_secs(10), sink.send(message)).await {
-                Ok(Ok(())) if !closing => {}
-                _ => break,
-            }
-        }
-        let _ = sink.close().await;
+    let queue_limit = proxy.config.ws_send_queue.max(1);
+    let (answers_tx, answers) = mpsc::channel(queue_limit);
+    let read_wake = Arc::new(ReadWake {
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
     });
-    let mut subs: HashMap<String, Sub> = HashMap::new();
-    let mut events: Option<broadcast::Receiver<Arc<ChainEvent>>> = None;
-    let mut slow = false;
-    loop {
-        let next_event = async {
-            match &mut events {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            message = stream.next() => {
-                let text = match message {
-                    Some(Ok(Message::Text(t))) => t.to_string(),
-                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => continue,
-                };
-                if !handle_ws_text(&proxy, client, &text, &queue, &mut subs, &mut events) {
-                    slow = true;
-                    break;
-                }
-            }
-            event = next_event => {
-                let event = match event {
-                    Ok(e) => e,
-                    Err(broadcast::error::RecvError::Lagged(_)) => { slow = true; break; }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                let mut out = Vec::new();
-                for (id, sub) in &subs {
-                    notify(id, sub, &event, &mut out);
-                }
-                if out.into_iter().any(|text| queue.try_send(Message::Text(text.into())).is_err()) {
-                    slow = true;
-                    break;
-                }
-            }
-        }
-    }
-    if slow {
-        proxy
-            .counters
-            .slow_disconnects
-            .fetch_add(1, Ordering::Relaxed);
-        // Make room for the close frame: the writer drains, then closes.
-        let close = Message::Close(Some(CloseFrame {
+    let mut connection = Connection {
+        proxy,
+        client,
+        socket,
+        subs: HashMap::new(),
+        events: None,
+        batch: Vec::new(),
+        texts: Vec::new(),
+        out: VecDeque::new(),
+        queue_limit,
+        unflushed: false,
+        answers,
+        answers_tx,
+        read_wake: read_wake.clone(),
+        read_waker: Waker::from(read_wake),
+    };
+    let end = std::future::poll_fn(|cx| connection.poll(cx)).await;
+    let counters = &connection.proxy.counters;
+    if end == End::Slow {
+        counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+        // What is queued, then the close frame (if the client reads at all).
+        connection.out.push_back(Message::Close(Some(CloseFrame {
             code: 1008,
             reason: SLOW.into(),
-        }));
-        let _ = tokio::time::timeout(Duration::from_secs(1), queue.send(close)).await;
+        })));
     }
-    drop(queue);
-    let logs = subs.values().filter(|s| matches!(s, Sub::Logs(_))).count();
-    proxy
-        .counters
-        .log_watchers
-        .fetch_sub(logs, Ordering::Relaxed);
-    proxy
-        .counters
+    let logs = connection
+        .subs
+        .values()
+        .filter(|s| matches!(s, Sub::Logs(_)))
+        .count();
+    counters.log_watchers.fetch_sub(logs, Ordering::Relaxed);
+    counters
         .subscriptions
-        .fetch_sub(subs.len(), Ordering::Relaxed);
-    proxy
-        .counters
-        .ws_connections
-        .fetch_sub(1, Ordering::Relaxed);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        .fetch_sub(connection.subs.len(), Ordering::Relaxed);
+    counters.ws_connections.fetch_sub(1, Ordering::Relaxed);
+    connection.events = None;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if std::future::poll_fn(|cx| connection.poll_write(cx))
+            .await
+            .is_ok()
+        {
+            let _ = connection.socket.close().await;
+        }
+    })
+    .await;
 }
 
-/// Handles one WebSocket message; `false` if the client's queue is full.
-fn handle_ws_text(
-    proxy: &Arc<Proxy>,
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed it, or the socket failed.
+    Closed,
+    /// The client fell a whole ring behind, or its send queue is full.
+    Slow,
+}
+
+/// The state of one WebSocket connection (see [`websocket`]).
+struct Connection {
+    proxy: Arc<Proxy>,
     client: IpAddr,
-    text: &str,
-    queue: &mpsc::Sender<Message>,
-    subs: &mut HashMap<String, Sub>,
-    events: &mut Option<broadcast::Receiver<Arc<ChainEvent>>>,
-) -> bool {
-    let (batch, mut calls) = match rpc::parse_body(text.as_bytes(), proxy.config.max_batch_len) {
-        Ok(parsed) => parsed,
-        Err(error) => return queue.try_send(Message::Text(error.into())).is_ok(),
-    };
-    rate_limit(proxy, Some(client), &mut calls);
-    // Subscriptions are answered here, in order, before any notification;
-    // other calls run in a task that queues its answer.
-    let mut immediate = Vec::new();
-    let mut rest = Vec::new();
-    let mut follow_ups = Vec::new();
-    for call in calls {
-        match call {
-            Parsed::Call { id, method, params } if method == "eth_subscribe" => {
-                let answer = match parse_sub(&params) {
-                    Ok(_) if subs.len() >= proxy.config.max_subscriptions_per_connection => {
-                        Err(RpcFailure::new(
-                            -32005,
-                            format!(
-                                "at most {} subscriptions per connection",
-                                proxy.config.max_subscriptions_per_connection
-                            ),
-                        ))
-                    }
-                    Ok(sub) => {
-                        let sid = new_sub_id();
-                        if matches!(sub, Sub::Logs(_)) {
-                            proxy.counters.log_watchers.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if matches!(sub, Sub::Syncing) && proxy.head().is_some() {
-                            follow_ups.push(notification(&sid, "false"));
-                        }
-                        proxy.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
-                        subs.insert(sid.clone(), sub);
-                        if events.is_none() {
-                            *events = Some(proxy.events.subscribe());
-                        }
-                        Ok((format!("\"{sid}\"").into(), rpc::Trust::Verified))
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Some(id) = id {
-                    immediate.push(rpc::response(&id, &answer));
-                }
-            }
-            Parsed::Call { id, method, params } if method == "eth_unsubscribe" => {
-                let sid = params
-                    .as_array()
-                    .and_then(|l| l.first())
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let answer = match subs.remove(&sid) {
-                    Some(sub) => {
-                        if matches!(sub, Sub::Logs(_)) {
-                            proxy.counters.log_watchers.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        proxy.counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
-                        Ok(("true".into(), rpc::Trust::Verified))
-                    }
-                    None => Err(RpcFailure::new(-32000, "subscription not found")),
-                };
-                if let Some(id) = id {
-                    immediate.push(rpc::response(&id, &answer));
-                }
-            }
-            other => rest.push(other),
-        }
+    socket: WebSocket,
+    subs: HashMap<String, Sub>,
+    /// The ring, read while the connection has subscriptions.
+    events: Option<RingReceiver<Arc<ChainEvent>>>,
+    /// Scratch: events read from the ring, and their notifications.
+    batch: Vec<Arc<ChainEvent>>,
+    texts: Vec<String>,
+    /// Messages not yet handed to the socket (at most `queue_limit`, then
+    /// the client is slow).
+    out: VecDeque<Message>,
+    queue_limit: usize,
+    /// Messages handed to the socket but not yet flushed.
+    unflushed: bool,
+    /// Answers of calls that run on tasks of their own.
+    answers: mpsc::Receiver<String>,
+    answers_tx: mpsc::Sender<String>,
+    /// The socket is read with its own waker, so that a wake-up by the
+    /// ring costs no read of a socket that has nothing.
+    read_wake: Arc<ReadWake>,
+    read_waker: Waker,
+}
+
+/// The waker a connection reads its socket with: notes that the socket may
+/// have something, then wakes the connection's task.
+struct ReadWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
-    if rest.is_empty() {
-        if let Some(text) = rpc::join(batch, immediate)
-            && queue.try_send(Message::Text(text.into())).is_err()
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Connection {
+    /// Does all the work that is ready; `Pending` once every source
+    /// (answers, ring, socket) has the task's waker.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.read_wake.task.register(cx.waker());
+        for _ in 0..ROUNDS_PER_POLL {
+            let mut again = false;
+            while let Poll::Ready(Some(text)) = self.answers.poll_recv(cx) {
+                if let Err(end) = self.enqueue(text) {
+                    return Poll::Ready(end);
+                }
+            }
+            if let Some(events) = &mut self.events {
+                match events.poll_recv(cx, &mut self.batch, EVENTS_PER_POLL) {
+                    Poll::Ready(Err(Lagged)) => return Poll::Ready(End::Slow),
+                    Poll::Ready(Ok(caught_up)) => {
+                        again |= !caught_up;
+                        if let Err(end) = self.render() {
+                            return Poll::Ready(end);
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            // A request, if the socket may have one (it has not said
+            // "nothing" since).
+            if self.read_wake.woken.swap(false, Ordering::Acquire) {
+                let mut read_cx = Context::from_waker(&self.read_waker);
+                match Pin::new(&mut self.socket).poll_next(&mut read_cx) {
+                    Poll::Ready(Some(Ok(message))) => {
+                        // More may be buffered: read again next round.
+                        self.read_wake.woken.store(true, Ordering::Relaxed);
+                        again = true;
+                        let handled = match message {
+                            Message::Text(text) => self.handle_text(text.as_str()),
+                            Message::Binary(bytes) => {
+                                self.handle_text(&String::from_utf8_lossy(&bytes))
+                            }
+                            // tungstenite queued the pong; the flush below sends it.
+                            Message::Ping(_) | Message::Pong(_) => {
+                                self.unflushed = true;
+                                Ok(())
+                            }
+                            Message::Close(_) => return Poll::Ready(End::Closed),
+                        };
+                        if let Err(end) = handled {
+                            return Poll::Ready(end);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(End::Closed),
+                    Poll::Pending => {}
+                }
+            }
+            if let Poll::Ready(Err(())) = self.poll_write(cx) {
+                return Poll::Ready(End::Closed);
+            }
+            if !again {
+                return Poll::Pending;
+            }
+        }
+        // Plenty done: let other connections run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Turns the events read from the ring into this connection's
+    /// notifications (the event's JSON, rendered once for everybody, with
+    /// the subscription id spliced in).
+    fn render(&mut self) -> Result<(), End> {
+        for event in self.batch.drain(..) {
+            for (id, sub) in &self.subs {
+                notify(id, sub, &event, &mut self.texts);
+            }
+        }
+        if self.out.len() + self.texts.len() > self.queue_limit {
+            self.texts.clear();
+            return Err(End::Slow);
+        }
+        self.out
+            .extend(self.texts.drain(..).map(|t| Message::Text(t.into())));
+        Ok(())
+    }
+
+    /// Queues a message; `Slow` if the client's queue is full (it does not read).
+    fn enqueue(&mut self, text: String) -> Result<(), End> {
+        if self.out.len() >= self.queue_limit {
+            return Err(End::Slow);
+        }
+        self.out.push_back(Message::Text(text.into()));
+        Ok(())
+    }
+
+    /// Hands queued messages to the socket while it takes them, then
+    /// flushes them with one write. `Pending`: the socket is full and has
+    /// the waker.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let mut socket = Pin::new(&mut self.socket);
+        while !self.out.is_empty() {
+            match socket.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Pending => return Poll::Pending,
+            }
+            let message = self.out.pop_front().expect("not empty");
+            if socket.as_mut().start_send(message).is_err() {
+                return Poll::Ready(Err(()));
+            }
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            match socket.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Handles one WebSocket message: subscriptions at once, in order,
+    /// before any notification; other calls on a task that sends back
+    /// their answer. `Slow` if the client's queue is full.
+    fn handle_text(&mut self, text: &str) -> Result<(), End> {
+        let proxy = self.proxy.clone();
+        let (batch, mut calls) = match rpc::parse_body(text.as_bytes(), proxy.config.max_batch_len)
         {
-            return false;
-        }
-        return follow_ups
-            .into_iter()
-            .all(|t| queue.try_send(Message::Text(t.into())).is_ok());
-    }
-    let proxy = proxy.clone();
-    let queue = queue.clone();
-    tokio::spawn(async move {
-        let answers = futures::future::join_all(rest.into_iter().map(|call| {
-            let proxy = proxy.clone();
-            async move {
-                match call {
-                    Parsed::Invalid { id, error } => Some(rpc::error_response(&id, &error)),
-                    Parsed::Call { id, method, params } => {
-                        let answer = methods::call(&proxy, &method, params).await;
-                        id.map(|id| rpc::response(&id, &answer))
+            Ok(parsed) => parsed,
+            Err(error) => return self.enqueue(error),
+        };
+        rate_limit(&proxy, Some(self.client), &mut calls);
+        let mut immediate = Vec::new();
+        let mut rest = Vec::new();
+        let mut follow_ups = Vec::new();
+        for call in calls {
+            match call {
+                Parsed::Call { id, method, params } if method == "eth_subscribe" => {
+                    let answer = match parse_sub(&params) {
+                        Ok(_)
+                            if self.subs.len() >= proxy.config.max_subscriptions_per_connection =>
+                        {
+                            Err(RpcFailure::new(
+                                -32005,
+                                format!(
+                                    "at most {} subscriptions per connection",
+                                    proxy.config.max_subscriptions_per_connection
+                                ),
+                            ))
+                        }
+                        Ok(sub) => {
+                            let sid = new_sub_id();
+                            if matches!(sub, Sub::Logs(_)) {
+                                proxy.counters.log_watchers.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if matches!(sub, Sub::Syncing) && proxy.head().is_some() {
+                                follow_ups.push(notification(&sid, "false"));
+                            }
+                            proxy.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+                            self.subs.insert(sid.clone(), sub);
+                            if self.events.is_none() {
+                                self.events = Some(Ring::subscribe(&proxy.fanout));
+                            }
+                            Ok((format!("\"{sid}\"").into(), rpc::Trust::Verified))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Some(id) = id {
+                        immediate.push(rpc::response(&id, &answer));
                     }
                 }
+                Parsed::Call { id, method, params } if method == "eth_unsubscribe" => {
+                    let sid = params
+                        .as_array()
+                        .and_then(|l| l.first())
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let answer = match self.subs.remove(&sid) {
+                        Some(sub) => {
+                            if matches!(sub, Sub::Logs(_)) {
+                                proxy.counters.log_watchers.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            proxy.counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                            Ok(("true".into(), rpc::Trust::Verified))
+                        }
+                        None => Err(RpcFailure::new(-32000, "subscription not found")),
+                    };
+                    if self.subs.is_empty() {
+                        self.events = None;
+                    }
+                    if let Some(id) = id {
+                        immediate.push(rpc::response(&id, &answer));
+                    }
+                }
+                other => rest.push(other),
             }
-        }))
-        .await;
-        immediate.extend(answers.into_iter().flatten());
-        if let Some(text) = rpc::join(batch, immediate) {
-            let _ = queue.try_send(Message::Text(text.into()));
         }
-        for t in follow_ups {
-            let _ = queue.try_send(Message::Text(t.into()));
+        if rest.is_empty() {
+            if let Some(text) = rpc::join(batch, immediate) {
+                self.enqueue(text)?;
+            }
+            return follow_ups.into_iter().try_for_each(|t| self.enqueue(t));
         }
-    });
-    true
+        let answers = self.answers_tx.clone();
+        tokio::spawn(async move {
+            let computed = futures::future::join_all(rest.into_iter().map(|call| {
+                let proxy = proxy.clone();
+                async move {
+                    match call {
+                        Parsed::Invalid { id, error } => Some(rpc::error_response(&id, &error)),
+                        Parsed::Call { id, method, params } => {
+                            let answer = methods::call(&proxy, &method, params).await;
+                            id.map(|id| rpc::response(&id, &answer))
+                        }
+                    }
+                }
+            }))
+            .await;
+            immediate.extend(computed.into_iter().flatten());
+            for text in rpc::join(batch, immediate).into_iter().chain(follow_ups) {
+                if answers.send(text).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
 }
 
 async fn metrics_text(State(proxy): State<Arc<Proxy>>) -> Response {

@@ -11,7 +11,8 @@
 //!   same request sent straight to the node, at the same percentile;
 //! - `fanout_p50_ms_10000`/`fanout_p99_ms_10000`: from the proxy's emission
 //!   of a new verified head to the moment each of 10,000 WebSocket clients
-//!   (a child process, `luxtensor-bench rpc-clients`) holds its frame;
+//!   (a child process, `luxtensor-bench rpc-clients`) holds its frame, for
+//!   the 8 heads emitted after every client has subscribed;
 //! - `upstream_subscriptions_new_heads`/`_pending`: the proxy's upstream
 //!   subscriptions while serving them (1 per kind);
 //! - `peak_rss_mb`: this process's peak RSS (the proxy *and* the devnet).
@@ -170,24 +171,39 @@ pub fn run(quick: bool) {
     });
 }
 
-/// Fan-out of the next `events` verified heads to `n` subscribers in a child process.
+/// Heads a client may see while the others are still subscribing: each
+/// client waits for this many more than are measured (see [`fanout`]).
+const SLACK: usize = 16;
+
+/// Fan-out of the first `events` verified heads emitted after `n`
+/// subscribers in a child process have all subscribed.
+///
+/// The devnet keeps producing heads while the child opens its connections,
+/// and each child client records the first heads it gets after subscribing:
+/// so every client waits for `events + SLACK` heads, and only the first
+/// `events` heads emitted after the child said "ready" are measured. Every
+/// client is reading while those are delivered: one that subscribed early
+/// has seen at most the heads emitted during the subscribing (checked to be
+/// at most `SLACK`) before them.
 async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
     let proxy = running.proxy.clone();
     let exe = std::env::current_exe().expect("own path");
+    let wanted = events + SLACK;
     let mut child = std::process::Command::new(exe)
         .args([
             "rpc-clients",
             &running.bound.rpc.to_string(),
             &n.to_string(),
-            &events.to_string(),
+            &wanted.to_string(),
         ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the client process");
-    // Every emission from now on, with its time (before any client
-    // subscribes), on a thread of its own: woken by the send itself, not
-    // queued behind the connections' tasks.
+    // Every emission from now on, with its time, on a thread of its own:
+    // woken by the send itself, not queued behind the connections' tasks
+    // (the connections read the same event from the proxy's fan-out ring,
+    // published after this send).
     let mut heads = proxy.events.subscribe();
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
@@ -213,15 +229,16 @@ async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
         let mut stdout = std::io::BufReader::new(stdout);
         let mut line = String::new();
         stdout.read_line(&mut line).expect("child output");
-        let _ = ready_tx.send(line.trim() == "ready");
+        let _ = ready_tx.send((line.trim() == "ready", now_ns()));
         line.clear();
         stdout.read_line(&mut line).expect("child result");
         line
     });
-    let ready = tokio::time::timeout(Duration::from_secs(300), ready_rx)
+    let spawned = now_ns();
+    let (ready, ready_at) = tokio::time::timeout(Duration::from_secs(300), ready_rx)
         .await
         .expect("the clients subscribed in time")
-        .unwrap_or(false);
+        .unwrap_or((false, 0));
     assert!(ready, "the clients subscribed");
     let subscriptions = &proxy.counters.upstream_subscriptions;
     report(
@@ -242,10 +259,10 @@ async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
         subscriptions[1].load(Ordering::Relaxed) as f64,
         "subscriptions",
     );
-    // Every client waits for `events` heads.
+    // Every client waits for `wanted` heads after its subscription.
     let head_now = proxy.head().map_or(0, |h| h.number);
-    let deadline = Instant::now() + Duration::from_secs(60 + 2 * events as u64);
-    while proxy.head().map_or(0, |h| h.number) < head_now + events as u64 + 1 {
+    let deadline = Instant::now() + Duration::from_secs(60 + 2 * wanted as u64);
+    while proxy.head().map_or(0, |h| h.number) < head_now + wanted as u64 + 1 {
         assert!(
             Instant::now() < deadline,
             "the devnet stopped producing heads"
@@ -257,8 +274,26 @@ async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
     let sent = tokio::task::spawn_blocking(move || recorder.join().expect("recorder"))
         .await
         .expect("recorder");
+    let early = sent
+        .iter()
+        .filter(|(_, t)| (spawned..ready_at).contains(t))
+        .count();
+    eprintln!(
+        "proxy bench: {early} heads emitted while {n} clients subscribed ({:.1} s)",
+        (ready_at - spawned) as f64 / 1e9
+    );
+    assert!(
+        early <= SLACK,
+        "{early} heads were emitted while the clients subscribed: more than the {SLACK} they wait for beyond the measured ones"
+    );
+    let measured: Vec<_> = sent
+        .iter()
+        .filter(|(_, t)| *t >= ready_at)
+        .take(events)
+        .collect();
+    assert_eq!(measured.len(), events, "heads after the clients were ready");
     let mut stdin = child.stdin.take().expect("piped");
-    for (number, t) in &sent {
+    for (number, t) in measured {
         writeln!(stdin, "{number} {t}").expect("child input");
     }
     drop(stdin);
@@ -274,7 +309,11 @@ async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
         parts.next().unwrap_or(f64::NAN),
         parts.next().unwrap_or(0.0),
     );
-    assert_eq!(got, (n * events) as f64, "every client received every head");
+    assert_eq!(
+        got,
+        (n * events) as f64,
+        "every client received every measured head"
+    );
     report(BENCH, &format!("fanout_p50_ms_{n}"), p50, "ms");
     report(BENCH, &format!("fanout_p99_ms_{n}"), p99, "ms");
 }

@@ -681,3 +681,130 @@ async fn the_trusted_state_survives_a_restart_and_a_ws_only_address_serves() {
         "{message}"
     );
 }
+
+/// A repeated request for final data is answered from the exact bytes of
+/// the first answer (before any parsing), and those bytes are the ones the
+/// ordinary path gives; a block above the final head, `latest`, an answer
+/// `null` and another body are not answered from them; such an answer
+/// still counts as a call and a cache hit, and the client's rate limit
+/// still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_requests_for_final_data_are_answered_from_their_exact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let devnet = luxtensor_proxy::dev::start(4, &dir.path().join("devnet"), 500, 8)
+        .await
+        .unwrap();
+    let config = ProxyConfig {
+        rate_limit: Some(luxtensor_proxy::ratelimit::RateLimit {
+            per_second: 1,
+            burst: 40,
+        }),
+        ..config()
+    };
+    let running = luxtensor_proxy::start(
+        config,
+        devnet.spec.clone(),
+        None,
+        vec![format!("http://{}", devnet.rpc[0])],
+    )
+    .await
+    .unwrap();
+    let proxy = &running.proxy;
+    wait_for("a final block 3", Duration::from_secs(40), async || {
+        proxy.finalized().filter(|f| f.number >= 3)
+    })
+    .await;
+    let mut http = HttpClient::connect(running.bound.rpc).await;
+    let mut node = HttpClient::connect(devnet.rpc[0]).await;
+    let body = br#"{"jsonrpc":"2.0","id":7,"method":"eth_getBlockByNumber","params":["0x2",true]}"#;
+    let kept = |body: &[u8]| proxy.cache.lock().unwrap().get_exact(body).is_some();
+
+    // The first answer goes the ordinary way and is kept; the second is the same bytes.
+    let first = http.post(body).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.json()["result"],
+        node.result("eth_getBlockByNumber", json!(["0x2", true]))
+            .await
+    );
+    assert!(kept(body), "a final block is kept under its exact body");
+    let requests = |p: &luxtensor_proxy::Proxy| {
+        p.counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let hits =
+        |p: &luxtensor_proxy::Proxy| p.cache.lock().unwrap().counts()["eth_getBlockByNumber"].hits;
+    let (calls_before, hits_before) = (requests(proxy), hits(proxy));
+    let second = http.post(body).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("content-type"), Some("application/json"));
+    assert_eq!(second.body, first.body, "the same bytes");
+    assert_eq!(requests(proxy), calls_before + 1, "counted as a call");
+    assert_eq!(hits(proxy), hits_before + 1, "and as a cache hit");
+    // The ordinary path, with nothing cached, gives the same bytes.
+    *proxy.cache.lock().unwrap() = luxtensor_proxy::cache::Cache::new(1000, 1 << 24);
+    proxy.blocks.lock().unwrap().clear();
+    assert!(!kept(body));
+    let again = http.post(body).await;
+    assert_eq!(again.body, first.body, "recomputed: the same bytes");
+    assert!(kept(body));
+
+    // Another body (another id) is answered the ordinary way, with its id.
+    let other =
+        br#"{"jsonrpc":"2.0","id":"x","method":"eth_getBlockByNumber","params":["0x2",true]}"#;
+    assert!(!kept(other));
+    let answer = http.post(other).await.json();
+    assert_eq!(answer["id"], "x");
+    assert_eq!(answer["result"], first.json()["result"]);
+    // A batch, `latest`, and a block beyond the head are not kept.
+    let batch = format!("[{}]", String::from_utf8_lossy(body));
+    let answer = http.post(batch.as_bytes()).await.json();
+    assert_eq!(answer[0]["result"], first.json()["result"]);
+    assert!(!kept(batch.as_bytes()));
+    let latest =
+        br#"{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["latest",false]}"#;
+    http.post(latest).await;
+    assert!(!kept(latest));
+    let beyond =
+        br#"{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["0xffffff",false]}"#;
+    assert_eq!(http.post(beyond).await.json()["result"], Value::Null);
+    assert!(!kept(beyond));
+    // A verified block above the final head is not kept (retried when
+    // finality moved between the look and the answer).
+    let mut observed = false;
+    for _ in 0..10 {
+        let (head, finalized) = (proxy.head().unwrap(), proxy.finalized().unwrap());
+        if head.number <= finalized.number {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["{:#x}",false]}}"#,
+            head.number
+        );
+        let answer = http.post(body.as_bytes()).await.json();
+        assert_eq!(answer["result"]["hash"], json!(head.hash()));
+        if proxy.finalized().unwrap().number < head.number {
+            assert!(!kept(body.as_bytes()), "block {} is not final", head.number);
+            observed = true;
+            break;
+        }
+    }
+    assert!(observed, "a block above the final head was asked");
+
+    // Over the rate limit, the kept body gets the limit's error, with its id.
+    let refused = wait_for("the rate limit", Duration::from_secs(10), async || {
+        let answer = http.post(body).await.json();
+        answer.get("error").is_some().then_some(answer)
+    })
+    .await;
+    assert_eq!(refused["id"], 7);
+    assert_eq!(refused["error"]["code"], -32005, "{refused}");
+    assert!(refused["error"]["data"]["retryAfterMs"].as_u64().unwrap() > 0);
+    let metrics = luxtensor_proxy::metrics::render(proxy);
+    assert!(
+        !metrics.contains("lux_proxy_rate_limited_total 0"),
+        "{metrics}"
+    );
+}
