@@ -1,7 +1,16 @@
 //! Benchmark plumbing: timing loops and the JSON-lines output every
 //! `luxtensor-bench` scenario prints.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Wall-clock nanoseconds: the clock two processes of a benchmark (a server
+/// and its clients) both read, to time a message from one to the other.
+pub fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos()
+}
 
 /// Prints one figure as a JSON line: `{"bench":..,"metric":..,"value":..,"unit":..}`.
 pub fn report(bench: &str, metric: &str, value: f64, unit: &str) {

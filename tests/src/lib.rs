@@ -16,6 +16,7 @@ pub mod sim;
 pub mod sync_bench;
 pub mod sync_nodes;
 pub mod wallet;
+pub mod ws_subscribers;
 
 use luxtensor_light::chain_spec::{self, GenesisValidator, TOKEN};
 use luxtensor_light::{

@@ -7,33 +7,21 @@
 //! `Broadcaster::send` (right after the block's import) to the moment a
 //! subscriber holds its notification's WebSocket frame, on the same wall
 //! clock. Client and server share the machine's two cores, so the clients
-//! do the least they can: they find the block number in the frame with a
-//! byte search (no JSON parsing) and arm one timer each, not one per frame.
-//! The child prints each head's p50/p99/max to stderr.
-//!
-//! For comparisons: `LUXTENSOR_BENCH_RPC_CLIENT_THREADS` (default 2) sets
-//! the child's tokio worker threads, and `LUXTENSOR_BENCH_RPC_CLIENT_PARSE=1`
-//! makes every client parse each frame with `serde_json` (as the first
-//! version of this bench did).
+//! do the least they can: one thread reads every socket from one `epoll`
+//! and finds the block number by a byte search (see
+//! [`crate::ws_subscribers`]). The child prints each head's p50/p99/max to
+//! stderr.
 
-use crate::bench::report;
+use crate::bench::{now_ns, report};
 use crate::rpc_support::{HttpClient, RpcChain};
-use futures::StreamExt;
+use crate::ws_subscribers::Subscribers;
 use luxtensor_full::rpc::RpcLimits;
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_tungstenite::tungstenite::Message;
+use std::time::{Duration, Instant};
 
 const BENCH: &str = "rpc";
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos()
-}
 
 /// Resident memory of this process, in MiB.
 fn rss_mb() -> f64 {
@@ -43,6 +31,26 @@ fn rss_mb() -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU time this process has used (user + system), in microseconds, from
+/// `/proc/self/stat` (clock ticks of 10 ms: read it over many deliveries).
+fn process_cpu_us() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) * 10_000.0
 }
 
 /// Runs the scenario and prints its figures.
@@ -149,12 +157,14 @@ async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
     }
     let gap = Duration::from_millis(if n >= 10_000 { 1_000 } else { 300 });
     let mut sent = Vec::new();
+    let cpu_before = process_cpu_us();
     for block in &blocks {
         let event = chain.event(block);
         sent.push((block.header.number, now_ns()));
         chain.handle.broadcaster.send(event).expect("broadcast");
         tokio::time::sleep(gap).await;
     }
+    let cpu_us = process_cpu_us() - cpu_before;
     let mut stdin = child.stdin.take().expect("piped");
     for (number, t) in &sent {
         writeln!(stdin, "{number} {t}").expect("child input");
@@ -175,6 +185,14 @@ async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
     assert_eq!(got, expected, "every subscriber received every head");
     report(BENCH, &format!("newheads_fanout_p50_ms_{n}"), p50, "ms");
     report(BENCH, &format!("newheads_fanout_p99_ms_{n}"), p99, "ms");
+    // The server's whole CPU cost of a delivery (its share of the kernel's
+    // TCP work included): the figure the machine's noise does not move.
+    report(
+        BENCH,
+        &format!("newheads_server_cpu_us_per_delivery_{n}"),
+        cpu_us / expected,
+        "us",
+    );
 }
 
 /// The child process: `n` subscribers that each wait for `events` heads,
@@ -183,85 +201,10 @@ pub fn clients(args: &[String]) {
     let ws: SocketAddr = args[0].parse().expect("address");
     let n: usize = args[1].parse().expect("count");
     let events: usize = args[2].parse().expect("events");
-    let threads = std::env::var("LUXTENSOR_BENCH_RPC_CLIENT_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    let parse = std::env::var("LUXTENSOR_BENCH_RPC_CLIENT_PARSE").is_ok_and(|v| v == "1");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let received = runtime.block_on(async move {
-        let url = format!("ws://{ws}/");
-        let mut streams = Vec::with_capacity(n);
-        let connects = futures::stream::iter(0..n)
-            .map(|_| {
-                let url = url.clone();
-                async move {
-                    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-                        .read_buffer_size(4 * 1024);
-                    let (mut ws, _) =
-                        tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-                            .await
-                            .expect("connect");
-                    use futures::SinkExt;
-                    let request = r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#;
-                    ws.send(Message::Text(request.into())).await.expect("send");
-                    let reply = ws.next().await.expect("reply").expect("reply");
-                    assert!(reply.to_text().unwrap_or_default().contains("\"result\""));
-                    ws
-                }
-            })
-            .buffer_unordered(128);
-        futures::pin_mut!(connects);
-        while let Some(ws) = connects.next().await {
-            streams.push(ws);
-        }
-        println!("ready");
-        // One deadline per subscriber for all its heads (a timer per frame
-        // would cost the clients more than the frame itself).
-        let deadline = Duration::from_secs(60 + 2 * events as u64);
-        let tasks: Vec<_> = streams
-            .into_iter()
-            .map(|mut ws| {
-                tokio::spawn(async move {
-                    let mut got = Vec::with_capacity(events);
-                    let _ = tokio::time::timeout(deadline, async {
-                        while got.len() < events {
-                            let Some(Ok(Message::Text(text))) = ws.next().await else { break };
-                            let t = now_ns();
-                            let number = if parse {
-                                let value: serde_json::Value =
-                                    serde_json::from_str(&text).expect("JSON");
-                                value["params"]["result"]["number"]
-                                    .as_str()
-                                    .and_then(|n| u64::from_str_radix(n.trim_start_matches("0x"), 16).ok())
-                            } else {
-                                block_number(&text)
-                            };
-                            got.push((number, t));
-                        }
-                    })
-                    .await;
-                    (got, ws)
-                })
-            })
-            .collect();
-        // Connections stay open until every subscriber has its heads: the
-        // first ones to finish would otherwise close theirs while the last
-        // head is still being delivered to the others.
-        let mut all = Vec::with_capacity(n * events);
-        let mut open = Vec::with_capacity(n);
-        for t in tasks {
-            let (got, ws) = t.await.expect("client");
-            all.extend(got);
-            open.push(ws);
-        }
-        drop(open);
-        all
-    });
+    let subscribers = Subscribers::subscribe(ws, n, "newHeads").expect("subscribe");
+    println!("ready");
+    let deadline = Duration::from_secs(60 + 2 * events as u64);
+    let received = subscribers.receive(events, deadline).expect("receive");
     let sent: std::collections::HashMap<u64, u128> = std::io::stdin()
         .lock()
         .lines()
@@ -301,12 +244,4 @@ pub fn clients(args: &[String]) {
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| pct(&latencies, p);
     println!("{} {} {}", pct(0.5), pct(0.99), latencies.len());
-}
-
-/// The block number of a `newHeads` notification, found by a byte search
-/// for the header's `"number":"0x..."` (the clients parse no JSON).
-fn block_number(frame: &str) -> Option<u64> {
-    const KEY: &str = r#""number":"0x"#;
-    let digits = &frame[frame.find(KEY)? + KEY.len()..];
-    u64::from_str_radix(&digits[..digits.find('"')?], 16).ok()
 }
