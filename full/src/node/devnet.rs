@@ -230,19 +230,30 @@ pub fn prepare(options: &DevnetOptions) -> Result<Vec<(DevnetNode, Vec<String>)>
 }
 
 /// Runs the devnet until Ctrl-C or until a node exits.
+///
+/// Each node's stdout is a pipe read to its end by a watcher thread: the
+/// end of the pipe is the node's exit, so the devnet learns of it at once,
+/// without polling.
 pub fn run(options: DevnetOptions) -> Result<(), DevnetError> {
     let nodes = prepare(&options)?;
     let exe = std::env::current_exe().map_err(io("finding luxtensor-node"))?;
+    let (events, stopped) = std::sync::mpsc::channel::<Option<usize>>();
     let mut children: Vec<Child> = Vec::new();
     for (i, (node, args)) in nodes.iter().enumerate() {
         let log = std::fs::File::create(node.data_dir.join("node.log"))
             .map_err(io("creating a node log"))?;
-        let child = Command::new(&exe)
+        let mut child = Command::new(&exe)
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .map_err(io(format!("starting node {i}")))?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let events = events.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+            let _ = events.send(Some(i));
+        });
         children.push(child);
         println!(
             "node {i}: http://{}  ws://{}  metrics http://{}/metrics  p2p {}  log {}",
@@ -257,36 +268,29 @@ pub fn run(options: DevnetOptions) -> Result<(), DevnetError> {
         "devnet of {} validators: chain id {}, slots of {} ms, epochs of {} slots; Ctrl-C stops it",
         options.validators, 31337, options.slot_ms, options.epoch_length
     );
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io("starting the signal handler"))?;
-        std::thread::spawn(move || {
-            runtime.block_on(async {
-                let _ = tokio::signal::ctrl_c().await;
-            });
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the signal handler"))?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
         });
-    }
-    let mut failed = None;
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) && failed.is_none() {
-        for (i, child) in children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = child.try_wait() {
-                failed = Some((i, status));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let _ = events.send(None);
+    });
+    let exited = stopped.recv().ok().flatten();
+    let failed = exited.map(|i| {
+        let status = children[i].wait();
+        (i, status)
+    });
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
     }
     match failed {
         Some((i, status)) => Err(DevnetError::Invalid(format!(
-            "node {i} exited ({status}); see {}",
+            "node {i} exited ({}); see {}",
+            status.map_or_else(|e| e.to_string(), |s| s.to_string()),
             nodes[i].0.data_dir.join("node.log").display()
         ))),
         None => Ok(()),
