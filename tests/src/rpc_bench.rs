@@ -133,8 +133,12 @@ pub async fn http_rps(addr: SocketAddr, request: serde_json::Value, seconds: f64
 }
 
 /// Fan-out of `events` new heads to `n` subscribers in a child process.
+///
+/// One more head goes first, as warm-up, and is not counted: the first
+/// frame a connection sends grows buffers on both sides that every later
+/// frame reuses (it is what a long-lived subscriber never pays again).
 async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
-    let blocks: Vec<_> = (0..events).map(|_| chain.import(vec![])).collect();
+    let blocks: Vec<_> = (0..=events).map(|_| chain.import(vec![])).collect();
     let ws = chain.handle.ws_addr.expect("ws port");
     let exe = std::env::current_exe().expect("own path");
     let mut child = std::process::Command::new(exe)
@@ -142,7 +146,7 @@ async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
             "rpc-clients",
             &ws.to_string(),
             &n.to_string(),
-            &events.to_string(),
+            &(events + 1).to_string(),
         ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -156,9 +160,16 @@ async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
         report(BENCH, "rss_mb_10000_subscribers", rss_mb(), "MiB");
     }
     let gap = Duration::from_millis(if n >= 10_000 { 1_000 } else { 300 });
+    let (warm_up, measured) = blocks.split_first().expect("blocks");
+    chain
+        .handle
+        .broadcaster
+        .send(chain.event(warm_up))
+        .expect("broadcast");
+    tokio::time::sleep(gap).await;
     let mut sent = Vec::new();
     let cpu_before = process_cpu_us();
-    for block in &blocks {
+    for block in measured {
         let event = chain.event(block);
         sent.push((block.header.number, now_ns()));
         chain.handle.broadcaster.send(event).expect("broadcast");
