@@ -96,9 +96,7 @@ pub struct Bound {
 /// Binds and serves in background tasks.
 pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
     let addr = proxy.config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
     let rpc = listener.local_addr().unwrap_or(addr);
     // `POST /` is answered before this router (see `route`).
     let router = Router::new()
@@ -108,9 +106,7 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
     tokio::spawn(serve_rpc(listener, proxy.clone(), router));
     let ws = match proxy.config.ws_listen {
         Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?;
+            let listener = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
             let bound = listener.local_addr().unwrap_or(addr);
             let router = Router::new()
                 .route("/", get(http_get))
@@ -142,6 +138,24 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
         None => None,
     };
     Ok(Bound { rpc, ws, metrics })
+}
+
+/// Connections the kernel queues for `accept` (clamped to `somaxconn`).
+/// tokio's `TcpListener::bind` asks for 128, the standard library's
+/// value: a burst of new connections beyond that (10,000 WebSocket clients
+/// connecting at once) has its SYNs dropped and retried a second later.
+const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a [`BACKLOG`]-deep accept queue.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 fn authorized(proxy: &Proxy, headers: &HeaderMap, query: &Option<String>) -> bool {
@@ -205,7 +219,10 @@ async fn serve_rpc(listener: TcpListener, proxy: Arc<Proxy>, router: Router) {
             let service = hyper::service::service_fn(move |request| {
                 route(proxy.clone(), router.clone(), peer, request)
             });
+            // No header read timeout (it would need a timer per request),
+            // as before under `axum::serve`.
             let _ = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(None)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
                 .await;

@@ -107,13 +107,18 @@ pub fn run(quick: bool) {
             running.proxy.finalized().is_some_and(|f| f.number > blocks)
         })
         .await;
-        let seconds = if quick { 1.0 } else { 4.0 };
+        // `LUXTENSOR_BENCH_PROXY_RPS_SECONDS`: longer rate runs (for a profiler).
+        let seconds = std::env::var("LUXTENSOR_BENCH_PROXY_RPS_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if quick { 1.0 } else { 4.0 });
 
         // --- cached finalized block: the proxy, then nginx in front of the node ---
         let finalized = format!("{:#x}", running.proxy.finalized().expect("finalized").number);
         let request = json!({"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":[finalized, true]});
         let first = client.post_json(&request).await;
         assert_eq!(first["result"], direct.post_json(&request).await["result"]);
+        eprintln!("proxy bench: cached_rps for {seconds} s");
         let rps = http_rps(proxy_addr, request.clone(), seconds).await;
         report(BENCH, "cached_rps", rps, "req/s");
         match Nginx::start(dir.path(), node) {
@@ -124,6 +129,7 @@ pub fn run(quick: bool) {
                 let second = via.post(body.as_bytes()).await;
                 assert_eq!(second.header("x-cache"), Some("HIT"), "nginx caches the POST");
                 assert_eq!(second.json()["result"], first["result"]);
+                eprintln!("proxy bench: nginx_cached_rps for {seconds} s");
                 let rps = http_rps(nginx.addr, request.clone(), seconds).await;
                 report(BENCH, "nginx_cached_rps", rps, "req/s");
             }
@@ -401,7 +407,19 @@ http {{
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, so that the master stops its workers (SIGKILL would leave
+    /// them serving, orphaned); SIGKILL after 5 s.
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
