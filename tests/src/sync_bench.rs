@@ -10,7 +10,10 @@
 //! Environment: `LUXTENSOR_BENCH_SYNC_BLOCKS` (default 10,000; `--quick`:
 //! 1,000), `LUXTENSOR_BENCH_SYNC_TRANSFERS` (default 100),
 //! `LUXTENSOR_BENCH_SYNC_THROTTLE` (`LATENCY_MS,BYTES_PER_S` of each peer,
-//! default [`DEFAULT_THROTTLE`]).
+//! default [`DEFAULT_THROTTLE`]), `LUXTENSOR_BENCH_SYNC_LOG` (a `--log`
+//! filter for the syncing nodes, e.g. `luxtensor_full=debug`; their logs are
+//! then kept as `target/bench-data/sync-*.log`), `LUXTENSOR_BENCH_SYNC_PART`
+//! (`throttled` or `unthrottled` to run only that part).
 
 use crate::bench::report;
 use crate::chain_fixture::ChainFixture;
@@ -64,84 +67,89 @@ pub fn run(quick: bool) {
     let bytes_per_block = served_bytes_per_block(&chain);
     report(BENCH, "served_bytes_per_block", bytes_per_block, "bytes");
 
+    let part = std::env::var("LUXTENSOR_BENCH_SYNC_PART").unwrap_or_default();
+    let (throttled_part, unthrottled_part) = match part.as_str() {
+        "throttled" => (true, false),
+        "unthrottled" => (false, true),
+        _ => (true, true),
+    };
     let work = tempfile::tempdir().expect("temporary directory");
-    let throttled: Vec<SyncNode> = (0..4)
-        .map(|i| {
-            peer(
-                &binary,
-                &chain,
-                &work.path().join(format!("slow-{i}")),
-                Some(&throttle),
-            )
-        })
-        .collect();
-    let one = sync_once(
-        &binary,
-        &chain,
-        &throttled[..1],
-        &work.path().join("from-1"),
-    );
-    eprintln!("1 throttled peer: {:.1} s", one.seconds);
-    let four = sync_once(&binary, &chain, &throttled, &work.path().join("from-4"));
-    eprintln!("4 throttled peers: {:.1} s", four.seconds);
-    drop(throttled);
-    let fast: Vec<SyncNode> = (0..4)
-        .map(|i| {
-            peer(
-                &binary,
-                &chain,
-                &work.path().join(format!("fast-{i}")),
-                None,
-            )
-        })
-        .collect();
-    let unthrottled = sync_once(&binary, &chain, &fast, &work.path().join("fast"));
-    eprintln!("4 unthrottled peers: {:.1} s", unthrottled.seconds);
-    drop(fast);
-
     let n = blocks as f64;
-    report(BENCH, "seconds_1_peer_throttled", one.seconds, "s");
-    report(BENCH, "seconds_4_peers_throttled", four.seconds, "s");
-    report(BENCH, "speedup_4_vs_1", one.seconds / four.seconds, "ratio");
-    report(
-        BENCH,
-        "blocks_per_s_1_peer_throttled",
-        n / one.seconds,
-        "blocks/s",
-    );
-    report(
-        BENCH,
-        "blocks_per_s_4_peers_throttled",
-        n / four.seconds,
-        "blocks/s",
-    );
-    report(
-        BENCH,
-        "blocks_per_s_unthrottled",
-        n / unthrottled.seconds,
-        "blocks/s",
-    );
-    report(
-        BENCH,
-        "transfers_per_s_unthrottled",
-        n * transfers as f64 / unthrottled.seconds,
-        "tx/s",
-    );
-    let peak = [
-        one.peak_rss_kib,
-        four.peak_rss_kib,
-        unthrottled.peak_rss_kib,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0);
+    let mut peaks = Vec::new();
+    if throttled_part {
+        let throttled: Vec<SyncNode> = (0..4)
+            .map(|i| {
+                peer(
+                    &binary,
+                    &chain,
+                    &work.path().join(format!("slow-{i}")),
+                    Some(&throttle),
+                )
+            })
+            .collect();
+        let one = sync_once(
+            &binary,
+            &chain,
+            &throttled[..1],
+            &work.path().join("from-1"),
+        );
+        eprintln!("1 throttled peer: {:.1} s", one.seconds);
+        let four = sync_once(&binary, &chain, &throttled, &work.path().join("from-4"));
+        eprintln!("4 throttled peers: {:.1} s", four.seconds);
+        drop(throttled);
+        report(BENCH, "seconds_1_peer_throttled", one.seconds, "s");
+        report(BENCH, "seconds_4_peers_throttled", four.seconds, "s");
+        report(BENCH, "speedup_4_vs_1", one.seconds / four.seconds, "ratio");
+        report(
+            BENCH,
+            "blocks_per_s_1_peer_throttled",
+            n / one.seconds,
+            "blocks/s",
+        );
+        report(
+            BENCH,
+            "blocks_per_s_4_peers_throttled",
+            n / four.seconds,
+            "blocks/s",
+        );
+        peaks.extend([one.peak_rss_kib, four.peak_rss_kib]);
+    }
+    if unthrottled_part {
+        let fast: Vec<SyncNode> = (0..4)
+            .map(|i| {
+                peer(
+                    &binary,
+                    &chain,
+                    &work.path().join(format!("fast-{i}")),
+                    None,
+                )
+            })
+            .collect();
+        let unthrottled = sync_once(&binary, &chain, &fast, &work.path().join("fast"));
+        eprintln!("4 unthrottled peers: {:.1} s", unthrottled.seconds);
+        drop(fast);
+        report(
+            BENCH,
+            "blocks_per_s_unthrottled",
+            n / unthrottled.seconds,
+            "blocks/s",
+        );
+        report(
+            BENCH,
+            "transfers_per_s_unthrottled",
+            n * transfers as f64 / unthrottled.seconds,
+            "tx/s",
+        );
+        report(
+            BENCH,
+            "peak_rss_mb_unthrottled",
+            unthrottled.peak_rss_kib as f64 / 1024.0,
+            "MiB",
+        );
+        peaks.push(unthrottled.peak_rss_kib);
+    }
+    let peak = peaks.into_iter().max().unwrap_or(0);
     report(BENCH, "peak_rss_mb", peak as f64 / 1024.0, "MiB");
-    report(
-        BENCH,
-        "peak_rss_mb_unthrottled",
-        unthrottled.peak_rss_kib as f64 / 1024.0,
-        "MiB",
-    );
 }
 
 /// Mean size of a block as a peer serves it (compressed sync frame).
@@ -191,6 +199,11 @@ struct Run {
 /// its RPC reports the chain's last block, and its `VmHWM` just before it is
 /// killed.
 fn sync_once(binary: &Path, chain: &ChainFixture, peers: &[SyncNode], dir: &Path) -> Run {
+    let log_filter = std::env::var("LUXTENSOR_BENCH_SYNC_LOG").ok();
+    let extra = log_filter
+        .iter()
+        .flat_map(|filter| ["--log".to_string(), filter.clone()])
+        .collect();
     let start = Instant::now();
     let mut node = SyncNode::start(
         binary,
@@ -199,7 +212,7 @@ fn sync_once(binary: &Path, chain: &ChainFixture, peers: &[SyncNode], dir: &Path
             chain: chain.spec_file(),
             bootnodes: peers.iter().map(|p| p.p2p.clone()).collect(),
             rpc: true,
-            extra: vec![],
+            extra,
         },
     )
     .unwrap_or_else(|e| panic!("syncing node: {e}"));
@@ -215,6 +228,13 @@ fn sync_once(binary: &Path, chain: &ChainFixture, peers: &[SyncNode], dir: &Path
     );
     let peak_rss_kib = node.peak_rss_kib().unwrap_or(0);
     node.kill();
+    if log_filter.is_some()
+        && let (Some(name), Some(data)) = (dir.file_name(), chain.dir.parent())
+    {
+        let kept = data.join(format!("sync-{}.log", name.to_string_lossy()));
+        let _ = std::fs::copy(&node.log, &kept);
+        eprintln!("log kept in {}", kept.display());
+    }
     let _ = std::fs::remove_dir_all(dir);
     Run {
         seconds,

@@ -5,11 +5,14 @@
 //! One task owns the engine and the swarm and reacts to whichever comes
 //! first: a network event, the engine's next wake-up, a command from the
 //! RPC, a housekeeping tick, or shutdown. Finalized blocks go through the
-//! [`Importer`] into the store and out to RPC subscribers.
+//! [`Importer`] into the store and out to RPC subscribers. Range-synced
+//! blocks are imported on a thread of their own ([`sync_import`]), which
+//! reports back to the loop.
 
 pub mod devnet;
 mod handle;
 mod serve;
+pub mod sync_import;
 
 pub use handle::{LiveNode, NodeCommand};
 pub use serve::Throttle;
@@ -34,6 +37,7 @@ use luxtensor_light::{Block, BlsSecretKey, ChainSpec};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use sync_import::{IMPORT_RUN, ImportReport, RunOutcome, SyncImporter};
 use tokio::sync::mpsc;
 
 /// Everything a node needs to start.
@@ -91,6 +95,9 @@ pub enum NodeError {
     /// The RPC server could not start.
     #[error("rpc: {0}")]
     Rpc(String),
+    /// The sync import thread could not start, or stopped (it panicked).
+    #[error("sync import thread: {0}")]
+    ImportThread(String),
     /// A file in the data directory could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -160,6 +167,11 @@ pub struct Node {
     broadcaster: Option<Broadcaster>,
     rpc: Option<crate::rpc::RpcHandle>,
     sync: SyncManager,
+    /// Imports range-synced runs off the loop.
+    sync_import: SyncImporter,
+    /// The chain's head as last imported (kept here so that the loop does
+    /// not wait for the chain lock while the import thread holds it).
+    head: Header,
     genesis_hash: B256,
     last_progress_log_ms: u64,
     delayed: serve::DelayedReplies<(ResponseChannel<Vec<u8>>, SyncResponse)>,
@@ -191,7 +203,10 @@ impl Node {
         let mut importer = Importer::open(config.spec.clone(), config.data_dir.join("chain.redb"))?;
         let root = root_from_importer(&mut importer)?;
         let genesis_hash = config.spec.genesis_header().hash();
+        let head = importer.head().clone();
         let chain = Arc::new(RwLock::new(importer));
+        let sync_import = SyncImporter::start(chain.clone())
+            .map_err(|e| NodeError::ImportThread(e.to_string()))?;
         let engine = Self::new_engine(&config, root)?;
         let key =
             crate::network::service::load_or_create_node_key(&config.data_dir.join("node.key"))?;
@@ -223,6 +238,8 @@ impl Node {
         };
         Ok(Self {
             sync: SyncManager::new(),
+            sync_import,
+            head,
             config,
             chain,
             engine,
@@ -310,6 +327,11 @@ impl Node {
                 _ = sleep => self.engine.handle_tick(now_ms()),
                 Some(command) = self.commands.recv() => self.on_command(command),
                 _ = housekeeping.tick() => self.housekeeping(),
+                report = self.sync_import.next_report() => {
+                    let report = report
+                        .ok_or_else(|| NodeError::ImportThread("stopped".into()))?;
+                    self.on_import_report(report);
+                }
             }
             self.drain_engine()?;
             self.drive_sync()?;
@@ -555,6 +577,7 @@ impl Node {
         }
         let head = chain.head().clone();
         drop(chain);
+        self.head = head.clone();
         tracing::info!(
             number = head.number,
             slot = head.slot,
@@ -576,6 +599,14 @@ impl Node {
         {
             return None;
         }
+        if let SyncRequest::Status = request {
+            // From the cached head: no wait for an import holding the lock.
+            return Some(SyncResponse::Status(serve::status(
+                &self.config.spec,
+                &self.head,
+                self.genesis_hash,
+            )));
+        }
         let chain = self.chain.read().expect("lock");
         let mut response = serve::answer(&chain, &self.engine, request, self.genesis_hash);
         drop(chain);
@@ -585,31 +616,26 @@ impl Node {
         Some(response)
     }
 
-    /// Leaves gossip for range sync when far behind, and back when caught up.
+    /// Leaves gossip for range sync when far behind, and back when caught
+    /// up; hands downloaded runs to the import thread.
     fn drive_sync(&mut self) -> Result<(), NodeError> {
-        let head = self.head();
+        let head = self.head.clone();
         for outgoing in self.sync.poll_requests(&head, now_ms()) {
             let id = self.network.request(outgoing.peer, &outgoing.request);
             self.sync.sent(id, &outgoing);
         }
-        let ready = self.sync.take_ready();
-        if !ready.is_empty() {
-            let mut chain = self.chain.write().expect("lock");
-            let result = chain.import_chain(&ready);
-            drop(chain);
-            let head = self.head();
-            if let Err(e) = result {
-                let number = ready[e.index].header.number;
-                tracing::warn!(error = %e.error, number, "synced block refused");
-                if let Some(peer) = self.sync.on_import_error(number, &head) {
-                    self.network
-                        .penalise(peer, crate::network::Misbehaviour::InvalidData);
-                }
+        loop {
+            let room = self.sync_import.room().min(IMPORT_RUN);
+            if room == 0 {
+                break;
             }
-            self.log_progress(head.number);
+            let ready = self.sync.take_ready(room);
+            if ready.is_empty() {
+                break;
+            }
+            self.sync_import.submit(self.sync.generation(), ready);
         }
-        let head = self.head();
-        match self.sync.outcome(&head) {
+        match self.sync.outcome(&head, !self.sync_import.is_idle()) {
             SyncOutcome::Idle | SyncOutcome::Syncing => {}
             SyncOutcome::Started => {
                 self.notify(BroadcastEvent::SyncStatus { syncing: true });
@@ -633,8 +659,33 @@ impl Node {
         Ok(())
     }
 
-    fn head(&self) -> Header {
-        self.chain.read().expect("lock").head().clone()
+    /// A run came back from the import thread.
+    fn on_import_report(&mut self, report: ImportReport) {
+        tracing::debug!(
+            blocks = report.blocks,
+            head = report.head.number,
+            queued = self.sync_import.queued_blocks(),
+            "sync run imported"
+        );
+        self.head = report.head;
+        match report.outcome {
+            RunOutcome::Imported => {
+                self.sync
+                    .on_imported(report.generation, report.blocks, &self.head);
+            }
+            RunOutcome::Failed { number, error } => {
+                tracing::warn!(%error, number, "synced block refused");
+                if let Some(peer) = self
+                    .sync
+                    .on_import_error(report.generation, number, &self.head)
+                {
+                    self.network
+                        .penalise(peer, crate::network::Misbehaviour::InvalidData);
+                }
+            }
+            RunOutcome::Skipped => {}
+        }
+        self.log_progress(self.head.number);
     }
 
     fn log_progress(&mut self, head: u64) {

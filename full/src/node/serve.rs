@@ -7,7 +7,7 @@ use crate::consensus::Engine;
 use crate::network::wire::{MAX_RESPONSE_BYTES, PeerStatus, SyncRequest, SyncResponse};
 use alloy_primitives::B256;
 use alloy_rlp::Encodable;
-use luxtensor_light::Block;
+use luxtensor_light::{Block, ChainSpec, Header};
 
 /// Stop adding blocks past half the cap (the rest is headroom for the
 /// encoding); the client asks again for what is missing.
@@ -22,15 +22,7 @@ pub fn answer(
 ) -> SyncResponse {
     let store = chain.store();
     match request {
-        SyncRequest::Status => {
-            let head = chain.head();
-            SyncResponse::Status(PeerStatus {
-                chain_id: chain.spec().chain_id,
-                genesis_hash: genesis,
-                finalized_number: head.number,
-                finalized_hash: head.hash(),
-            })
-        }
+        SyncRequest::Status => SyncResponse::Status(status(chain.spec(), chain.head(), genesis)),
         SyncRequest::HeadersByRange { start, count } => {
             let mut headers = Vec::new();
             for number in *start..start.saturating_add(*count) {
@@ -68,6 +60,16 @@ pub fn answer(
             }
             SyncResponse::Blocks(blocks)
         }
+    }
+}
+
+/// Our answer to `Status`, with `head` our finalized head.
+pub fn status(spec: &ChainSpec, head: &Header, genesis: B256) -> PeerStatus {
+    PeerStatus {
+        chain_id: spec.chain_id,
+        genesis_hash: genesis,
+        finalized_number: head.number,
+        finalized_hash: head.hash(),
     }
 }
 

@@ -9,6 +9,12 @@
 //! ([`crate::Importer::import_chain`]); a block that fails there restarts
 //! the sync and the peer that served its header is penalised.
 //!
+//! Import may lag behind: the node imports the runs [`SyncManager::take_ready`]
+//! hands out on a thread of its own and reports back with
+//! [`SyncManager::on_imported`] or [`SyncManager::on_import_error`]. Every
+//! restart of the sync starts a new [`SyncManager::generation`], so reports
+//! about runs of an earlier one are told apart.
+//!
 //! Pure bookkeeping: the node sends the requests it returns and feeds back
 //! the answers, so the manager needs neither a clock nor sockets.
 
@@ -24,8 +30,20 @@ use std::collections::{BTreeMap, HashMap};
 /// How far behind the best peer (in finalized blocks) a node must be to
 /// start range sync.
 pub const SYNC_DISTANCE: u64 = 32;
-/// Header ranges in flight or received ahead of the queue at once.
-pub const MAX_HEADER_REQUESTS: usize = 4;
+/// Header ranges in flight or received ahead of the queue at once. A header
+/// request waits behind the body batches its peer is serving, so several
+/// must be out for headers to stay ahead of the bodies of every peer.
+pub const MAX_HEADER_REQUESTS: usize = 8;
+/// Blocks per body batch. Small batches, pipelined up to
+/// [`super::MAX_PARALLEL_DOWNLOADS`] per peer, keep the answers flowing
+/// into import: the peers' answers do not arrive together in large rounds
+/// that then wait for import, and the last round, which nothing overlaps,
+/// is short.
+pub const BLOCKS_PER_BATCH: u32 = 32;
+/// Downloaded blocks held ahead of import (the scheduler's buffer window):
+/// enough to keep every peer's pipeline full while the oldest batch is
+/// late, without holding thousands of blocks while import catches up.
+pub const BUFFERED_BLOCKS: usize = 1_024;
 
 /// What a request the manager asked for is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +91,8 @@ pub struct SyncManager {
     config: SyncConfig,
     protocol: SyncProtocol<PeerId>,
     peers: HashMap<PeerId, u64>,
-    requests: HashMap<OutboundRequestId, (PeerId, Tag)>,
+    /// Our requests in flight: to whom, what for, when sent.
+    requests: HashMap<OutboundRequestId, (PeerId, Tag, u64)>,
     /// Header ranges asked for, by first number: (peer, count). Several are
     /// in flight at once, each to the least loaded peer, so that headers keep
     /// ahead of the bodies however busy any one peer is.
@@ -97,12 +116,19 @@ pub struct SyncManager {
     just_started: bool,
     imported: u64,
     latest_ms: u64,
+    /// Bumped at every reset (see [`Self::generation`]).
+    generation: u64,
 }
 
 impl SyncManager {
-    /// A manager with the default scheduler configuration.
+    /// A manager with the node's scheduler configuration: the defaults,
+    /// with [`BLOCKS_PER_BATCH`] and [`BUFFERED_BLOCKS`].
     pub fn new() -> Self {
-        Self::with_config(SyncConfig::default())
+        Self::with_config(SyncConfig {
+            max_blocks_per_request: BLOCKS_PER_BATCH,
+            max_buffered_blocks: BUFFERED_BLOCKS,
+            ..SyncConfig::default()
+        })
     }
 
     /// A manager with `config`.
@@ -122,6 +148,7 @@ impl SyncManager {
             just_started: false,
             imported: 0,
             latest_ms: 0,
+            generation: 0,
         }
     }
 
@@ -151,11 +178,11 @@ impl SyncManager {
         let lost: Vec<OutboundRequestId> = self
             .requests
             .iter()
-            .filter(|(_, (p, _))| p == peer)
+            .filter(|(_, (p, _, _))| p == peer)
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
-            if let Some((_, Tag::Headers(start))) = self.requests.remove(&id) {
+            if let Some((_, Tag::Headers(start), _)) = self.requests.remove(&id) {
                 self.header_requests.remove(&start);
             }
         }
@@ -266,7 +293,7 @@ impl SyncManager {
                 return;
             }
             let count = (target - next + 1)
-                .min(u64::from(self.config.max_blocks_per_request))
+                .min(crate::network::wire::MAX_BLOCKS_PER_REQUEST)
                 .min(room);
             out.push(Outgoing {
                 peer,
@@ -316,7 +343,8 @@ impl SyncManager {
 
     /// Records the network id of a request returned by [`Self::poll_requests`].
     pub fn sent(&mut self, id: OutboundRequestId, outgoing: &Outgoing) {
-        self.requests.insert(id, (outgoing.peer, outgoing.tag));
+        self.requests
+            .insert(id, (outgoing.peer, outgoing.tag, self.latest_ms));
     }
 
     /// An answer to one of our requests; returns the penalties to apply.
@@ -327,13 +355,22 @@ impl SyncManager {
         response: SyncResponse,
         now_ms: u64,
     ) -> Vec<(PeerId, Misbehaviour)> {
-        let Some((_, tag)) = self.requests.remove(&id) else {
+        let Some((_, tag, sent_ms)) = self.requests.remove(&id) else {
             return vec![];
         };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let (kind, len) = match &response {
+                SyncResponse::Headers(h) => ("headers", h.len()),
+                SyncResponse::Blocks(b) => ("blocks", b.len()),
+                SyncResponse::Status(_) => ("status", 0),
+            };
+            tracing::debug!(%peer, ?tag, kind, len, ms = now_ms.saturating_sub(sent_ms), "sync answer");
+        }
         let mut penalties = Vec::new();
         match (tag, response) {
             (Tag::Headers(start), SyncResponse::Headers(headers)) => {
                 self.header_requests.remove(&start);
+                self.protocol.note_other_answer(&peer, now_ms);
                 if self.active.is_none() {
                     return vec![];
                 }
@@ -381,12 +418,12 @@ impl SyncManager {
         timed_out: bool,
     ) -> Option<Misbehaviour> {
         match self.requests.remove(&id) {
-            Some((_, Tag::Headers(start))) => {
+            Some((_, Tag::Headers(start), _)) => {
                 self.header_requests.remove(&start);
                 self.header_failed(peer);
                 timed_out.then_some(Misbehaviour::Timeout)
             }
-            Some((_, Tag::Batch(batch))) => {
+            Some((_, Tag::Batch(batch), _)) => {
                 let _ = self.protocol.handle_failure(&peer, batch);
                 None
             }
@@ -418,32 +455,58 @@ impl SyncManager {
         out
     }
 
-    /// Downloaded blocks that continue our chain, in order.
-    pub fn take_ready(&mut self) -> Vec<Block> {
-        let mut ready = self.protocol.take_ready();
+    /// Downloaded blocks that continue our chain, in order, at most `max`:
+    /// import them, then report with [`Self::on_imported`] or
+    /// [`Self::on_import_error`].
+    pub fn take_ready(&mut self, max: usize) -> Vec<Block> {
+        let mut ready = self.protocol.take_ready_up_to(max);
         for block in &mut ready {
             if let Some(header) = self.headers.remove(&block.header.number) {
                 block.header = header;
             }
         }
-        if let Some(last) = ready.last() {
-            let next = last.header.number + 1;
-            if let Some(&from) = self
-                .header_sources
-                .range(..=next)
-                .next_back()
-                .map(|(k, _)| k)
-            {
-                self.header_sources = self.header_sources.split_off(&from);
-            }
-        }
-        self.imported += ready.len() as u64;
         ready
     }
 
-    /// A downloaded block failed import (bad seal or QC, or bad execution):
-    /// blame whoever served its header and start over from our head.
-    pub fn on_import_error(&mut self, number: u64, head: &Header) -> Option<PeerId> {
+    /// Which sync the runs [`Self::take_ready`] hands out now belong to:
+    /// a new one begins at every (re)start of the sync, and reports about
+    /// runs of an earlier one change nothing here.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `blocks` blocks taken in `generation` were imported; the chain's
+    /// head is now `head`. The header sources of imported blocks are
+    /// forgotten (no import failure can blame them any more).
+    pub fn on_imported(&mut self, generation: u64, blocks: usize, head: &Header) {
+        if generation != self.generation {
+            return;
+        }
+        self.imported += blocks as u64;
+        let next = head.number + 1;
+        if let Some(&from) = self
+            .header_sources
+            .range(..=next)
+            .next_back()
+            .map(|(k, _)| k)
+        {
+            self.header_sources = self.header_sources.split_off(&from);
+        }
+    }
+
+    /// Block `number`, taken in `generation`, failed import (bad seal or
+    /// QC, or bad execution): blame whoever served its header and start over
+    /// from our head. `None` (and nothing changes) for a report about an
+    /// earlier generation.
+    pub fn on_import_error(
+        &mut self,
+        generation: u64,
+        number: u64,
+        head: &Header,
+    ) -> Option<PeerId> {
+        if generation != self.generation {
+            return None;
+        }
         let culprit = self
             .header_sources
             .range(..=number)
@@ -458,6 +521,7 @@ impl SyncManager {
     }
 
     fn reset(&mut self, head: &Header) {
+        self.generation += 1;
         self.anchor = (head.number, head.hash());
         self.protocol = SyncProtocol::new(self.config.clone()).expect("a validated sync config");
         for (peer, best) in &self.peers {
@@ -470,8 +534,10 @@ impl SyncManager {
         self.headers.clear();
     }
 
-    /// Where the sync stands after the last update.
-    pub fn outcome(&mut self, head: &Header) -> SyncOutcome {
+    /// Where the sync stands after the last update, with `head` the
+    /// imported head and `importing` whether runs taken are still being
+    /// imported (the sync is not over before they are).
+    pub fn outcome(&mut self, head: &Header, importing: bool) -> SyncOutcome {
         if std::mem::take(&mut self.just_started) {
             return SyncOutcome::Started;
         }
@@ -485,7 +551,7 @@ impl SyncManager {
         // Caught up with the best finalized head we were told of (it may have
         // moved on by a few blocks since: gossip and the engine's requests
         // by hash fetch those).
-        if head.number >= target {
+        if head.number >= target && !importing {
             self.active = None;
             self.reset(head);
             return SyncOutcome::CaughtUp;

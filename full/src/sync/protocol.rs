@@ -623,6 +623,24 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             .map(|state| self.timeout_for(state, blocks))
     }
 
+    /// `peer` answered some other request (headers, status) at `now_ms`: it
+    /// serves its requests one after another, so the service time of its
+    /// next batch answer counts from here, not from before that answer.
+    pub fn note_other_answer(&mut self, peer: &P, now_ms: u64) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.last_answer_ms = state.last_answer_ms.max(now_ms);
+        }
+    }
+
+    /// Records that `peer` answered `blocks` blocks in `ms` (tests start
+    /// from measured peers this way).
+    #[cfg(test)]
+    pub(crate) fn measure_peer(&mut self, peer: &P, ms: u64, blocks: u32) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.speed.record(ms, blocks);
+        }
+    }
+
     /// Batches in flight to `peer` (0 for an unknown peer).
     pub fn peer_in_flight(&self, peer: &P) -> usize {
         self.peers.get(peer).map_or(0, |state| state.in_flight)
@@ -936,8 +954,17 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
     /// Takes the downloaded blocks that continue the chain, oldest first:
     /// the contiguous run from [`Self::next_block`]. Import them in this order.
     pub fn take_ready(&mut self) -> Vec<Block> {
+        self.take_ready_up_to(usize::MAX)
+    }
+
+    /// [`Self::take_ready`], at most `max` blocks (the rest stay buffered,
+    /// for a driver whose import queue has room for only so many).
+    pub fn take_ready_up_to(&mut self, max: usize) -> Vec<Block> {
         let mut ready = Vec::new();
         while let Some(entry) = self.entries.front() {
+            if ready.len() >= max {
+                break;
+            }
             if !matches!(entry.slot, Slot::Downloaded(_)) {
                 break;
             }
@@ -1012,16 +1039,17 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
     }
 
     /// Whether `peer` may take one more batch: under the parallel limit, and
-    /// (once it has one in flight) expected to deliver another behind those
-    /// it holds within the timeout bound. A slow peer's queue stays short, so
-    /// its batches do not expire while they wait behind each other (a peer
-    /// serves its batches one after another).
+    /// (once it has one in flight) measured and expected to deliver another
+    /// behind those it holds within the timeout bound. A slow peer's queue
+    /// stays short, so its batches do not expire while they wait behind each
+    /// other (a peer serves its batches one after another); a peer not yet
+    /// measured gets one batch, which measures it.
     fn has_room(&self, peer: &P, state: &PeerState) -> bool {
         if state.in_flight >= self.config.max_parallel_downloads {
             return false;
         }
         state.in_flight == 0
-            || state.expected_ms(self.batch_limit(peer)).is_none_or(|e| {
+            || state.expected_ms(self.batch_limit(peer)).is_some_and(|e| {
                 e.saturating_mul(self.config.timeout_factor) <= self.config.request_timeout_ms
             })
     }

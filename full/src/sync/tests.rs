@@ -61,6 +61,14 @@ fn scheduler(config: SyncConfig, blocks: &[Block], peers: &[(u32, u64)]) -> Sync
     sync
 }
 
+/// Gives `peers` a measured speed (128 blocks in 100 ms): only a measured
+/// peer gets a second batch before its first is answered.
+fn measured(sync: &mut SyncProtocol<u32>, peers: &[u32]) {
+    for peer in peers {
+        sync.measure_peer(peer, 100, MAX_BLOCKS_PER_REQUEST);
+    }
+}
+
 /// The blocks a request asks for (the chain starts at `blocks[0]`'s number).
 fn answer(blocks: &[Block], request: &BatchRequest) -> Vec<Block> {
     let first = blocks[0].header.number;
@@ -92,6 +100,7 @@ fn four_peers_get_disjoint_batches_in_parallel() {
         &blocks,
         &[(1, 1_000), (2, 1_000), (3, 1_000), (4, 1_000)],
     );
+    measured(&mut sync, &[1, 2, 3, 4]);
     let requests: Vec<_> = std::iter::from_fn(|| sync.next_request(0)).collect();
     // 1,000 blocks in batches of 128: 8 batches, two per peer.
     assert_eq!(requests.len(), 8);
@@ -132,6 +141,7 @@ fn four_peers_get_disjoint_batches_in_parallel() {
 fn max_parallel_downloads_is_per_peer() {
     let blocks = chain(0, 128 * 20);
     let mut one = scheduler(SyncConfig::default(), &blocks, &[(1, 10_000)]);
+    measured(&mut one, &[1]);
     assert_eq!(
         std::iter::from_fn(|| one.next_request(0)).count(),
         MAX_PARALLEL_DOWNLOADS
@@ -141,6 +151,7 @@ fn max_parallel_downloads_is_per_peer() {
         &blocks,
         &[(1, 10_000), (2, 10_000), (3, 10_000), (4, 10_000)],
     );
+    measured(&mut four, &[1, 2, 3, 4]);
     assert_eq!(
         std::iter::from_fn(|| four.next_request(0)).count(),
         4 * MAX_PARALLEL_DOWNLOADS
@@ -148,9 +159,22 @@ fn max_parallel_downloads_is_per_peer() {
 }
 
 #[test]
+fn a_peer_not_yet_measured_gets_one_batch_until_it_answers() {
+    let blocks = chain(1, 128 * 4);
+    let mut sync = scheduler(SyncConfig::default(), &blocks, &[(1, 10_000)]);
+    let (_, first) = sync.next_request(0).unwrap();
+    assert_eq!(sync.next_request(0), None, "unmeasured: one batch");
+    sync.handle_response(&1, first.id, answer(&blocks, &first), 200)
+        .unwrap();
+    // 128 blocks in 200 ms: three batches fit in the timeout bound at once.
+    assert_eq!(std::iter::from_fn(|| sync.next_request(200)).count(), 3);
+}
+
+#[test]
 fn blocks_come_out_in_order_when_batches_complete_out_of_order() {
     let blocks = chain(10, 500);
     let mut sync = scheduler(SyncConfig::default(), &blocks, &[(1, 600), (2, 600)]);
+    measured(&mut sync, &[1, 2]);
     let requests: Vec<_> = std::iter::from_fn(|| sync.next_request(0)).collect();
     assert_eq!(requests.len(), 4);
     let mut out = Vec::new();
@@ -393,6 +417,7 @@ fn too_many_blocks_are_dropped_and_penalised() {
 fn a_removed_peers_ranges_are_requeued_at_once() {
     let blocks = chain(0, 300);
     let mut sync = scheduler(SyncConfig::default(), &blocks, &[(1, 300)]);
+    measured(&mut sync, &[1]);
     let requests: Vec<_> = std::iter::from_fn(|| sync.next_request(0)).collect();
     assert_eq!(requests.len(), 3);
     assert_eq!(sync.get_stats().queued_blocks, 0);
