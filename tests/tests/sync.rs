@@ -280,3 +280,64 @@ fn sync_resumes_after_the_syncing_node_is_killed() {
         "the restarted node did not sync again"
     );
 }
+
+/// The import thread of a syncing node, in process: runs come back in order;
+/// after a refused block the rest of that sync's runs are skipped (they
+/// cannot extend the chain), and the next sync's runs import from the last
+/// good block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_thread_reports_in_order_and_skips_a_failed_syncs_runs() {
+    use luxtensor_full::Importer;
+    use luxtensor_full::node::sync_import::{RunOutcome, SyncImporter};
+    use std::sync::{Arc, RwLock};
+
+    let chain = fixture();
+    let source = Importer::open(
+        chain.spec.clone(),
+        chain.dir.join(luxtensor_tests::chain_fixture::STORE_FILE),
+    )
+    .unwrap();
+    let blocks: Vec<_> = (1..=96)
+        .map(|n| source.store().block_by_number(n).unwrap().unwrap())
+        .collect();
+    drop(source);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Importer::open(chain.spec.clone(), dir.path().join("chain.redb")).unwrap();
+    let shared = Arc::new(RwLock::new(store));
+    let mut import = SyncImporter::start(shared.clone()).unwrap();
+    assert!(import.is_idle());
+
+    // Block 40 with a forged seal (the seal is not part of the hash).
+    let mut forged = blocks[32..64].to_vec();
+    forged[7].header.proposer_signature = Default::default();
+    import.submit(1, blocks[..32].to_vec());
+    import.submit(1, forged);
+    import.submit(1, blocks[64..].to_vec());
+    assert_eq!(import.queued_blocks(), 96);
+
+    let first = import.next_report().await.unwrap();
+    assert!(matches!(first.outcome, RunOutcome::Imported), "{first:?}");
+    assert_eq!(
+        (first.generation, first.blocks, first.head.number),
+        (1, 32, 32)
+    );
+    let second = import.next_report().await.unwrap();
+    assert!(
+        matches!(second.outcome, RunOutcome::Failed { number: 40, .. }),
+        "{second:?}"
+    );
+    assert_eq!(second.head.number, 39, "the blocks before it are imported");
+    let third = import.next_report().await.unwrap();
+    assert!(matches!(third.outcome, RunOutcome::Skipped), "{third:?}");
+    assert_eq!(third.head.number, 39);
+    assert!(import.is_idle());
+
+    // The next sync goes on from block 39 (block 39 again is not new).
+    import.submit(2, blocks[38..].to_vec());
+    let fourth = import.next_report().await.unwrap();
+    assert!(matches!(fourth.outcome, RunOutcome::Imported), "{fourth:?}");
+    assert_eq!(fourth.head.number, 96);
+    assert_eq!(fourth.head.hash(), blocks[95].header.header.hash());
+    drop(import);
+    assert_eq!(shared.read().unwrap().head().number, 96);
+}

@@ -1,8 +1,8 @@
 //! `SyncManager`: drives the [`SyncProtocol`] scheduler over the network.
 //!
 //! It decides when the node is far enough behind its peers to leave gossip
-//! for range sync, fetches headers (one peer at a time, 128 per request,
-//! linked by hash to what is already queued), hands bodies to the scheduler,
+//! for range sync, fetches headers (128 per request, several ranges at once,
+//! each from the least loaded peer, linked by hash to what is already queued), hands bodies to the scheduler,
 //! maps network requests to scheduler batches, and turns the scheduler's
 //! penalties into peer-score penalties. Seals and parent QCs are verified
 //! when the blocks are imported, as one randomized batch per run
@@ -122,11 +122,13 @@ pub struct SyncManager {
 
 impl SyncManager {
     /// A manager with the node's scheduler configuration: the defaults,
-    /// with [`BLOCKS_PER_BATCH`] and [`BUFFERED_BLOCKS`].
+    /// with [`BLOCKS_PER_BATCH`], [`BUFFERED_BLOCKS`] and the last blocks
+    /// spread over the peers ([`SyncConfig::spread_tail`]).
     pub fn new() -> Self {
         Self::with_config(SyncConfig {
             max_blocks_per_request: BLOCKS_PER_BATCH,
             max_buffered_blocks: BUFFERED_BLOCKS,
+            spread_tail: true,
             ..SyncConfig::default()
         })
     }

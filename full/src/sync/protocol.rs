@@ -56,6 +56,12 @@ pub struct SyncConfig {
     pub max_peers: usize,
     /// Most undelivered events; beyond it the oldest is dropped (default 1,024).
     pub max_events: usize,
+    /// Spread the last blocks over the peers: a batch is at most the
+    /// waiting blocks divided by the batches all peers may hold at once
+    /// (`peers × max_parallel_downloads`), so the peers finish together and
+    /// the last answers, which nothing overlaps with, are small (default
+    /// off: batches are `max_blocks_per_request` long to the end).
+    pub spread_tail: bool,
 }
 
 impl Default for SyncConfig {
@@ -73,6 +79,7 @@ impl Default for SyncConfig {
             max_buffered_blocks: 4_096,
             max_peers: 128,
             max_events: 1_024,
+            spread_tail: false,
         }
     }
 }
@@ -686,7 +693,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             }
         }
         let (peer, start) = choice?;
-        let limit = self.batch_limit(&peer);
+        let limit = self.batch_limit(&peer).min(self.tail_limit());
         let count = self.extend_run(&peer, start, limit, window_end, |slot| {
             matches!(slot, Slot::Queued)
         });
@@ -1073,6 +1080,16 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
                 .speed
                 .blocks_within(budget, self.config.max_blocks_per_request)
         })
+    }
+
+    /// Most blocks in a new batch under [`SyncConfig::spread_tail`]: the
+    /// waiting blocks over the batches all peers may hold, at least one.
+    fn tail_limit(&self) -> u32 {
+        if !self.config.spread_tail {
+            return u32::MAX;
+        }
+        let slots = (self.peers.len() * self.config.max_parallel_downloads).max(1);
+        u32::try_from(self.queued.len().div_ceil(slots)).unwrap_or(u32::MAX)
     }
 
     /// Length of the run from `start` (which qualifies) of blocks whose slot

@@ -171,6 +171,30 @@ fn a_peer_not_yet_measured_gets_one_batch_until_it_answers() {
 }
 
 #[test]
+fn the_last_blocks_are_spread_over_the_peers() {
+    let blocks = chain(1, 200);
+    let config = SyncConfig {
+        spread_tail: true,
+        ..SyncConfig::default()
+    };
+    let mut sync = scheduler(config, &blocks, &[(1, 1_000), (2, 1_000)]);
+    measured(&mut sync, &[1, 2]);
+    let sizes: Vec<u32> = std::iter::from_fn(|| sync.next_request(0))
+        .map(|(_, request)| request.count())
+        .collect();
+    // 200 waiting blocks over 2 peers × 4 batches: 25, then shrinking with
+    // what is left, never more than the waiting blocks allow.
+    assert_eq!(sizes[0], 25);
+    assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
+    assert_eq!(sizes.len(), 8, "every pipeline slot used: {sizes:?}");
+    assert!(*sizes.last().unwrap() < 25);
+    // Without the option, the first batch takes all it can (128).
+    let mut plain = scheduler(SyncConfig::default(), &blocks, &[(1, 1_000), (2, 1_000)]);
+    measured(&mut plain, &[1, 2]);
+    assert_eq!(plain.next_request(0).unwrap().1.count(), 128);
+}
+
+#[test]
 fn blocks_come_out_in_order_when_batches_complete_out_of_order() {
     let blocks = chain(10, 500);
     let mut sync = scheduler(SyncConfig::default(), &blocks, &[(1, 600), (2, 600)]);
