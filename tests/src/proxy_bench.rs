@@ -1,11 +1,16 @@
 //! `luxtensor-bench proxy`: the verified proxy in front of an in-process
-//! 4-validator devnet, over loopback.
+//! 4-validator devnet (on threads of its own), over loopback.
 //!
 //! - `cached_rps`: a finalized `eth_getBlockByNumber` (full transactions)
-//!   answered from the proxy's cache, 32 keep-alive connections;
+//!   answered from the proxy's cache, 32 keep-alive connections of a lean,
+//!   `wrk`-like client ([`lean_rps`]);
 //! - `nginx_cached_rps`: the same request through nginx `proxy_cache` (POST
-//!   bodies in the cache key) in front of the same node, in the same run;
-//!   `skipped` when `nginx` is not on the `PATH` (this bench installs nothing);
+//!   bodies in the cache key) in front of the same node, in the same run,
+//!   in rounds alternating with the proxy's; `skipped` when `nginx` is not
+//!   on the `PATH` (this bench installs nothing); `cached_vs_nginx`: their ratio;
+//! - `cached_rps_rpc_client`, `nginx_cached_rps_rpc_client`: the same with
+//!   the general-purpose test client (`rpc_bench::http_rps`, which the first
+//!   measurements used; it costs more than either server per request);
 //! - `miss_overhead_us_p50`/`_p99`: a verified block fetch through the proxy
 //!   (cache miss: fetched, checked against the verified header) minus the
 //!   same request sent straight to the node, at the same percentile;
@@ -70,10 +75,24 @@ pub fn run(quick: bool) {
         .enable_all()
         .build()
         .expect("runtime");
+    // The validators run on threads of their own, as if in another process
+    // (they are the upstream, not what is measured): on the proxy's two
+    // workers, their signature checks at every new block would queue ahead
+    // of the proxy's tasks exactly when it fans that block's head out.
+    let validators = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("devnet")
+        .enable_all()
+        .build()
+        .expect("devnet runtime");
+    let validator_threads = validators.handle().clone();
     runtime.block_on(async move {
         let dir = tempfile::tempdir().expect("temp dir");
-        let devnet = luxtensor_proxy::dev::start(4, &dir.path().join("devnet"), 500, 32)
+        let devnet_dir = dir.path().join("devnet");
+        let devnet = validator_threads
+            .spawn(async move { luxtensor_proxy::dev::start(4, &devnet_dir, 500, 32).await })
             .await
+            .expect("devnet task")
             .expect("devnet");
         let node = devnet.rpc[1];
         let config = ProxyConfig {
@@ -118,20 +137,55 @@ pub fn run(quick: bool) {
         let request = json!({"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":[finalized, true]});
         let first = client.post_json(&request).await;
         assert_eq!(first["result"], direct.post_json(&request).await["result"]);
-        eprintln!("proxy bench: cached_rps for {seconds} s");
-        let rps = http_rps(proxy_addr, request.clone(), seconds).await;
-        report(BENCH, "cached_rps", rps, "req/s");
-        match Nginx::start(dir.path(), node) {
+        let body = request.to_string();
+        let nginx = Nginx::start(dir.path(), node);
+        if let Some(nginx) = &nginx {
+            let mut via = HttpClient::connect(nginx.addr).await;
+            via.post(body.as_bytes()).await;
+            let second = via.post(body.as_bytes()).await;
+            assert_eq!(second.header("x-cache"), Some("HIT"), "nginx caches the POST");
+            assert_eq!(second.json()["result"], first["result"]);
+        }
+        // Rounds alternate between the servers, so that a change in the
+        // machine's load (it is shared) does not fall on one side only.
+        let rounds = 4;
+        let slice = seconds / rounds as f64;
+        let (mut ours, mut theirs, mut ours_rpc, mut theirs_rpc) =
+            (Rate::default(), Rate::default(), Rate::default(), Rate::default());
+        for round in 0..rounds {
+            eprintln!("proxy bench: cached_rps for {slice} s (round {round})");
+            ours.add(lean_rps(proxy_addr, body.as_bytes(), slice).await);
+            if let Some(nginx) = &nginx {
+                eprintln!("proxy bench: nginx_cached_rps for {slice} s (round {round})");
+                theirs.add(lean_rps(nginx.addr, body.as_bytes(), slice).await);
+            }
+            let t = Instant::now();
+            let rps = http_rps(proxy_addr, request.clone(), slice).await;
+            ours_rpc.add((rps * t.elapsed().as_secs_f64(), t.elapsed().as_secs_f64()));
+            if let Some(nginx) = &nginx {
+                let t = Instant::now();
+                let rps = http_rps(nginx.addr, request.clone(), slice).await;
+                theirs_rpc.add((rps * t.elapsed().as_secs_f64(), t.elapsed().as_secs_f64()));
+            }
+        }
+        report(BENCH, "cached_rps", ours.per_second(), "req/s");
+        report(BENCH, "cached_rps_rpc_client", ours_rpc.per_second(), "req/s");
+        match nginx {
             Some(nginx) => {
-                let mut via = HttpClient::connect(nginx.addr).await;
-                let body = request.to_string();
-                via.post(body.as_bytes()).await;
-                let second = via.post(body.as_bytes()).await;
-                assert_eq!(second.header("x-cache"), Some("HIT"), "nginx caches the POST");
-                assert_eq!(second.json()["result"], first["result"]);
-                eprintln!("proxy bench: nginx_cached_rps for {seconds} s");
-                let rps = http_rps(nginx.addr, request.clone(), seconds).await;
-                report(BENCH, "nginx_cached_rps", rps, "req/s");
+                report(BENCH, "nginx_cached_rps", theirs.per_second(), "req/s");
+                report(
+                    BENCH,
+                    "nginx_cached_rps_rpc_client",
+                    theirs_rpc.per_second(),
+                    "req/s",
+                );
+                report(
+                    BENCH,
+                    "cached_vs_nginx",
+                    ours.per_second() / theirs.per_second(),
+                    "ratio",
+                );
+                drop(nginx);
             }
             None => println!(
                 "{}",
@@ -169,12 +223,117 @@ pub fn run(quick: bool) {
         report(BENCH, "miss_direct_us_p50", percentile(&straight, 0.5), "us");
 
         // --- fan-out of verified heads to many WebSocket clients ---
-        let n = if quick { 1_000 } else { 10_000 };
+        // `LUXTENSOR_BENCH_PROXY_CLIENTS`: another number of clients.
+        let n = std::env::var("LUXTENSOR_BENCH_PROXY_CLIENTS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if quick { 1_000 } else { 10_000 });
         fanout(&running, n, if quick { 4 } else { 8 }).await;
         report(BENCH, "peak_rss_mb", status_mb("VmHWM:"), "MiB");
         drop(running);
         drop(devnet);
     });
+    validators.shutdown_timeout(Duration::from_secs(5));
+}
+
+/// Requests and seconds, summed over rounds.
+#[derive(Debug, Default)]
+struct Rate {
+    requests: f64,
+    seconds: f64,
+}
+
+impl Rate {
+    fn add(&mut self, (requests, seconds): (f64, f64)) {
+        self.requests += requests;
+        self.seconds += seconds;
+    }
+
+    fn per_second(&self) -> f64 {
+        self.requests / self.seconds
+    }
+}
+
+/// POSTs `body` over 32 keep-alive connections for `seconds`, as `wrk`
+/// does: each connection writes one prebuilt request and reads its answer
+/// by its `content-length`, no more (the servers, not the client, are
+/// measured; the clients share the machine's two cores with them, and the
+/// general-purpose test client costs several times what nginx spends on a
+/// request). Returns (answers, seconds).
+async fn lean_rps(addr: SocketAddr, body: &[u8], seconds: f64) -> (f64, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let request: Arc<[u8]> = request.into();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let connect = async || {
+                    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                    stream.set_nodelay(true).expect("nodelay");
+                    stream
+                };
+                let mut stream = connect().await;
+                let mut buffer = Vec::with_capacity(64 * 1024);
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    stream.write_all(&request).await.expect("write");
+                    buffer.clear();
+                    let close = loop {
+                        let read = stream.read_buf(&mut buffer).await.unwrap_or(0);
+                        if read == 0 {
+                            // Closed between two requests (nginx does after
+                            // `keepalive_requests`): not answered, asked again.
+                            assert!(buffer.is_empty(), "the server closed mid-answer");
+                            break true;
+                        }
+                        if let Some((end, close)) = response_end(&buffer) {
+                            assert_eq!(end, buffer.len(), "one answer per request");
+                            done += 1;
+                            break close;
+                        }
+                    };
+                    if close {
+                        stream = connect().await;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("client task");
+    }
+    (total as f64, started.elapsed().as_secs_f64())
+}
+
+/// Where the HTTP response `bytes` starts with ends (a `200` with a
+/// `content-length`), once all of it is there, and whether the server
+/// closes the connection after it.
+fn response_end(bytes: &[u8]) -> Option<(usize, bool)> {
+    let head = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = std::str::from_utf8(&bytes[..head]).expect("an ASCII head");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let header = |wanted: &str| {
+        text.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case(wanted).then(|| value.trim())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("a content-length");
+    let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let end = head + length;
+    (bytes.len() >= end).then_some((end, close))
 }
 
 /// Heads a client may see while the others are still subscribing: each
@@ -246,6 +405,7 @@ async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
         .expect("the clients subscribed in time")
         .unwrap_or((false, 0));
     assert!(ready, "the clients subscribed");
+    eprintln!("proxy bench: {n} clients ready");
     let subscriptions = &proxy.counters.upstream_subscriptions;
     report(
         BENCH,
@@ -359,6 +519,7 @@ http {{
     upstream node {{ server {upstream}; keepalive 32; }}
     server {{
         listen {addr};
+        keepalive_requests 1000000;
         client_body_buffer_size 64k;
         location / {{
             proxy_pass http://node;
