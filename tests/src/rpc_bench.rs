@@ -215,7 +215,13 @@ pub fn clients(args: &[String]) {
     let subscribers = Subscribers::subscribe(ws, n, "newHeads").expect("subscribe");
     println!("ready");
     let deadline = Duration::from_secs(60 + 2 * events as u64);
+    let cpu_before = process_cpu_us();
     let received = subscribers.receive(events, deadline).expect("receive");
+    let cpu_us = process_cpu_us() - cpu_before;
+    eprintln!(
+        "rpc-clients n={n}: {:.1} us of client CPU per delivery",
+        cpu_us / received.len().max(1) as f64
+    );
     let sent: std::collections::HashMap<u64, u128> = std::io::stdin()
         .lock()
         .lines()

@@ -160,6 +160,11 @@ impl Subscriber {
                 offset += header + len;
             }
             self.pending.drain(..offset);
+            // A short read emptied the socket: the next segment raises a new
+            // edge, so asking again would only cost an `EAGAIN` syscall.
+            if read < scratch.len() {
+                return Ok(());
+            }
         }
     }
 }
