@@ -40,6 +40,8 @@ pub enum TreeError {
 /// One block of the tree.
 #[derive(Debug, Clone)]
 pub struct TreeNode {
+    /// The block's hash, computed once when it entered the tree.
+    hash: B256,
     /// The block.
     pub block: Block,
     /// The state after it.
@@ -55,7 +57,7 @@ pub struct TreeNode {
 impl TreeNode {
     /// The block hash.
     pub fn hash(&self) -> B256 {
-        self.block.hash()
+        self.hash
     }
 
     /// The validator set of a child's epoch, and that epoch: a child of a
@@ -110,6 +112,7 @@ impl BlockTree {
     ) -> Self {
         let root = block.hash();
         let node = TreeNode {
+            hash: root,
             block,
             state,
             epoch_set,
@@ -214,7 +217,8 @@ impl BlockTree {
             )));
         }
         check_header(header, &set, &self.spec).map_err(|e| invalid(&e))?;
-        self.verify_seal(header, &set).map_err(|e| invalid(&e))?;
+        self.verify_seal(hash, header, &set)
+            .map_err(|e| invalid(&e))?;
         if let Some(qc) =
             check_link(header, &parent.block.header, &parent.epoch_set).map_err(|e| invalid(&e))?
         {
@@ -232,6 +236,7 @@ impl BlockTree {
         self.nodes.insert(
             hash,
             TreeNode {
+                hash,
                 block,
                 state,
                 epoch_set: set,
@@ -245,9 +250,15 @@ impl BlockTree {
         Ok(self.certify(parent_qc))
     }
 
-    /// The proposer's seal of `header` (already checked by [`check_header`],
-    /// so the proposer index is in `set`), through the cache.
-    fn verify_seal(&self, header: &SignedHeader, set: &ValidatorSet) -> Result<(), HeaderError> {
+    /// The proposer's seal of `header`, whose hash is `hash` (already
+    /// checked by [`check_header`], so the proposer index is in `set`),
+    /// through the cache.
+    fn verify_seal(
+        &self,
+        hash: B256,
+        header: &SignedHeader,
+        set: &ValidatorSet,
+    ) -> Result<(), HeaderError> {
         let index = header.proposer_index;
         let key = set
             .decoded_keys()
@@ -256,7 +267,7 @@ impl BlockTree {
                 index: index as usize,
                 set_len: set.len(),
             }))?;
-        let root = bls::proposal_signing_root(self.spec.chain_id, &header.hash());
+        let root = bls::proposal_signing_root(self.spec.chain_id, &hash);
         let signature = &header.proposer_signature;
         let entry = VerifiedCache::signature_key(&root, set, index, signature);
         VerifiedCache::check(

@@ -655,8 +655,10 @@ impl Engine {
             .collect();
         for key in waiting {
             let set = self.tree.get(&hash).map(|n| n.epoch_set.clone());
-            if set.is_some_and(|set| self.could_certify(key, &set)) {
-                self.check_deferred(key);
+            if let Some(set) = set
+                && self.could_certify(key, &set)
+            {
+                self.certify_from_waiting(key, &set);
             }
         }
         let qcs: Vec<_> = self
@@ -787,6 +789,7 @@ impl Engine {
     /// beside the real one rather than in its place: nothing enters the pool
     /// or the double-vote record before its check passes.
     fn defer_vote(&mut self, epoch: u64, block_epoch: u64, set: &ValidatorSet, vote: Vote) {
+        let key = (vote.slot, vote.block_hash);
         let known = {
             let entry = VerifiedCache::vote_key(&vote, set, self.spec.chain_id);
             self.verified
@@ -796,19 +799,60 @@ impl Engine {
         };
         if known {
             self.accept_vote(epoch, block_epoch, set, vote);
+            // Its stake may complete a quorum with votes still waiting.
+            if self.unverified.contains_key(&key) && self.could_certify(key, set) {
+                self.certify_from_waiting(key, set);
+            }
             return;
         }
-        let key = (vote.slot, vote.block_hash);
         let waiting = self.unverified.entry(key).or_default();
         if waiting.iter().any(|(_, v)| *v == vote) {
             return;
         }
+        // Shared caches pool waiting votes (see `VerifiedCache::shared_pooling`).
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .note_waiting(&vote, set, self.spec.chain_id);
         waiting.push((epoch, vote));
         self.unverified_len += 1;
-        if waiting.len() >= 2 * set.len()
-            || self.unverified_len > MAX_UNVERIFIED_VOTES
-            || self.could_certify(key, set)
-        {
+        if waiting.len() >= 2 * set.len() || self.unverified_len > MAX_UNVERIFIED_VOTES {
+            self.check_deferred(key);
+        } else if self.could_certify(key, set) {
+            self.certify_from_waiting(key, set);
+        }
+    }
+
+    /// Completes the QC of (slot, block) from its waiting votes: those
+    /// whose check already passed (in the cache) go in first; the others
+    /// are verified now only if the QC still needs them, else they wait
+    /// for the slot's end like any late vote.
+    fn certify_from_waiting(&mut self, key: (u64, B256), set: &ValidatorSet) {
+        let Some(block_epoch) = self.tree.get(&key.1).map(|n| n.block.header.epoch) else {
+            return;
+        };
+        let Some(waiting) = self.unverified.remove(&key) else {
+            return;
+        };
+        self.unverified_len -= waiting.len();
+        let (known, unknown): (Waiting, Waiting) = {
+            let mut cache = self
+                .verified
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            waiting.into_iter().partition(|(_, vote)| {
+                cache.contains(&VerifiedCache::vote_key(vote, set, self.spec.chain_id))
+            })
+        };
+        for (epoch, vote) in known {
+            self.accept_vote(epoch, block_epoch, set, vote);
+        }
+        if unknown.is_empty() || key.0 <= self.tree.root().block.header.slot {
+            return;
+        }
+        self.unverified_len += unknown.len();
+        self.unverified.insert(key, unknown);
+        if self.could_certify(key, set) {
             self.check_deferred(key);
         }
     }
@@ -841,10 +885,28 @@ impl Engine {
             return;
         };
         self.unverified_len -= waiting.len();
-        // Against the block's set if it is known, else the set of the epoch
-        // each vote names (so a double vote is caught even when one of the
-        // two blocks never arrives).
-        let groups: Vec<(ValidatorSet, u64, Waiting)> = match self.tree.get(&key.1) {
+        let groups = self.sets_for(key.1, waiting);
+        self.check_groups(groups);
+    }
+
+    /// Verifies every waiting vote (at each new slot: evidence must not wait
+    /// for a quorum that may never come), in one batch per set.
+    fn check_all_deferred(&mut self) {
+        let unverified = std::mem::take(&mut self.unverified);
+        self.unverified_len = 0;
+        let mut groups = Vec::new();
+        for ((_, hash), waiting) in unverified {
+            groups.extend(self.sets_for(hash, waiting));
+        }
+        self.check_groups(groups);
+    }
+
+    /// The sets to check waiting votes for `hash` against: the block's set
+    /// if it is known, else the set of the epoch each vote names (so a
+    /// double vote is caught even when one of the two blocks never
+    /// arrives). Votes of an epoch with no known set are dropped.
+    fn sets_for(&self, hash: B256, waiting: Waiting) -> Vec<(ValidatorSet, u64, Waiting)> {
+        match self.tree.get(&hash) {
             Some(node) => vec![(node.epoch_set.clone(), node.block.header.epoch, waiting)],
             None => {
                 let mut by_epoch: BTreeMap<u64, Waiting> = BTreeMap::new();
@@ -858,24 +920,39 @@ impl Engine {
                     })
                     .collect()
             }
-        };
-        for (set, block_epoch, waiting) in groups {
-            let votes: Vec<Vote> = waiting.iter().map(|(_, v)| v.clone()).collect();
-            let verdicts = verify_votes_cached(&votes, &set, self.spec.chain_id, &self.verified);
+        }
+    }
+
+    /// Verifies groups of waiting votes, all votes of one set in one batch
+    /// (one final exponentiation), and takes the valid ones in, in order.
+    fn check_groups(&mut self, groups: Vec<(ValidatorSet, u64, Waiting)>) {
+        let mut verdicts: Vec<Vec<bool>> = vec![Vec::new(); groups.len()];
+        let mut done = vec![false; groups.len()];
+        for i in 0..groups.len() {
+            if done[i] {
+                continue;
+            }
+            let set = &groups[i].0;
+            let same: Vec<usize> = (i..groups.len())
+                .filter(|j| groups[*j].0.hash() == set.hash())
+                .collect();
+            let votes: Vec<Vote> = same
+                .iter()
+                .flat_map(|j| groups[*j].2.iter().map(|(_, v)| v.clone()))
+                .collect();
+            let mut all =
+                verify_votes_cached(&votes, set, self.spec.chain_id, &self.verified).into_iter();
+            for j in same {
+                done[j] = true;
+                verdicts[j] = all.by_ref().take(groups[j].2.len()).collect();
+            }
+        }
+        for ((set, block_epoch, waiting), verdicts) in groups.into_iter().zip(verdicts) {
             for ((epoch, vote), valid) in waiting.into_iter().zip(verdicts) {
                 if valid {
                     self.accept_vote(epoch, block_epoch, &set, vote);
                 }
             }
-        }
-    }
-
-    /// Verifies every waiting vote (at each new slot: evidence must not wait
-    /// for a quorum that may never come).
-    fn check_all_deferred(&mut self) {
-        let keys: Vec<_> = self.unverified.keys().copied().collect();
-        for key in keys {
-            self.check_deferred(key);
         }
     }
 

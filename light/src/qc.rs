@@ -19,7 +19,7 @@ use blst::{
     BLST_ERROR, MultiPoint, Pairing, blst_fp12, blst_p1_affine, blst_p2, blst_p2_affine,
     blst_scalar,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// Which members of a set signed: bit `i` (byte `i / 8`, bit `i % 8`, least
@@ -598,8 +598,14 @@ pub struct VerifiedCache {
     order: VecDeque<B256>,
     hits: u64,
     /// The last few vote signing roots hashed to the curve (a pure function
-    /// of the root), for [`Vote::sign_cached`].
-    hashed_roots: VecDeque<(B256, blst_p2)>,
+    /// of the root), for [`Vote::sign_cached`] and [`verify_votes_cached`].
+    hashed_roots: VecDeque<(B256, blst_p2, blst_p2_affine)>,
+    /// Votes that verifiers sharing this cache hold unchecked, by (slot,
+    /// signing root, set hash); `None` unless pooling is on
+    /// ([`Self::shared_pooling`]).
+    waiting: Option<BTreeMap<(u64, B256, B256), Vec<Vote>>>,
+    /// Votes in `waiting`.
+    waiting_len: usize,
 }
 
 /// A [`VerifiedCache`] that several verifiers (engines, threads) share.
@@ -619,12 +625,85 @@ impl VerifiedCache {
             order: VecDeque::new(),
             hits: 0,
             hashed_roots: VecDeque::new(),
+            waiting: None,
+            waiting_len: 0,
         }
     }
 
     /// An empty cache ready to share.
     pub fn shared(capacity: usize) -> SharedVerifiedCache {
         Arc::new(Mutex::new(Self::new(capacity)))
+    }
+
+    /// An empty cache for several verifiers that each receive the same
+    /// votes (the simulator's nodes): besides the checks that passed, it
+    /// pools the votes each verifier holds unchecked
+    /// ([`Self::note_waiting`]), and [`verify_votes_cached`] adds the pooled
+    /// votes for the signing roots it checks to its batch. So a block's
+    /// votes are paired together once, by whichever verifier checks them
+    /// first, instead of in small groups by each verifier that happens to
+    /// hold votes the others did not check yet. Each verifier still accepts
+    /// only votes it received, and only after they passed a check. A node
+    /// keeps a plain cache: its engine batches its own waiting votes.
+    pub fn shared_pooling(capacity: usize) -> SharedVerifiedCache {
+        let mut cache = Self::new(capacity);
+        cache.waiting = Some(BTreeMap::new());
+        Arc::new(Mutex::new(cache))
+    }
+
+    /// Most votes pooled at once; past it, those of the oldest slot go.
+    const MAX_WAITING: usize = 4096;
+
+    /// Notes that a verifier holds `vote` unchecked, to be checked against
+    /// `set`: when anyone checks a vote for the same signing root and set,
+    /// this one joins the batch. Does nothing unless the cache pools
+    /// ([`Self::shared_pooling`]).
+    pub fn note_waiting(&mut self, vote: &Vote, set: &ValidatorSet, chain_id: u64) {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return;
+        };
+        let root = bls::vote_signing_root(chain_id, vote.slot, &vote.block_hash);
+        let pooled = waiting.entry((vote.slot, root, set.hash())).or_default();
+        if pooled.contains(vote) {
+            return;
+        }
+        pooled.push(vote.clone());
+        self.waiting_len += 1;
+        while self.waiting_len > Self::MAX_WAITING {
+            match waiting.pop_first() {
+                Some((_, dropped)) => self.waiting_len -= dropped.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Takes the pooled votes for `root` (of `slot`) and `set`.
+    fn take_waiting(&mut self, slot: u64, root: B256, set: &ValidatorSet) -> Vec<Vote> {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return Vec::new();
+        };
+        let taken = waiting
+            .remove(&(slot, root, set.hash()))
+            .unwrap_or_default();
+        self.waiting_len -= taken.len();
+        taken
+    }
+
+    /// `root` hashed to G2 (projective and affine), computed once while it
+    /// is among the last [`Self::HASHED_ROOTS`] used.
+    fn hashed_root(&mut self, root: &B256) -> (blst_p2, blst_p2_affine) {
+        if let Some((_, point, affine)) = self.hashed_roots.iter().find(|(r, _, _)| r == root) {
+            return (*point, *affine);
+        }
+        let point = hash_to_curve(root);
+        let mut affine = blst_p2_affine::default();
+        // SAFETY: live values of this frame.
+        unsafe { blst::blst_p2_to_affine(&mut affine, &point) };
+        self.hashed_roots.push_back((*root, point, affine));
+        if self.hashed_roots.len() > Self::HASHED_ROOTS {
+            self.hashed_roots.pop_front();
+        }
+        (point, affine)
     }
 
     /// Signing roots whose hash to the curve is kept: the votes of one
@@ -758,20 +837,7 @@ impl Vote {
         cache: &Mutex<VerifiedCache>,
     ) -> Self {
         let root = bls::vote_signing_root(chain_id, slot, &block_hash);
-        let known = lock(cache)
-            .hashed_roots
-            .iter()
-            .find(|(r, _)| *r == root)
-            .map(|(_, point)| *point);
-        let hashed = known.unwrap_or_else(|| {
-            let point = hash_to_curve(&root);
-            let mut cache = lock(cache);
-            cache.hashed_roots.push_back((root, point));
-            if cache.hashed_roots.len() > VerifiedCache::HASHED_ROOTS {
-                cache.hashed_roots.pop_front();
-            }
-            point
-        });
+        let (hashed, _) = lock(cache).hashed_root(&root);
         let bytes = key.to_bytes();
         let mut scalar = blst_scalar::default();
         let mut point = blst_p2::default();
@@ -824,26 +890,41 @@ impl QuorumCert {
     }
 }
 
-/// Verifies many votes of one set at once: votes for the same (slot, block)
-/// share one pairing check, `e(Σ rᵢ·pkᵢ, H(m)) = e(g₁, Σ rᵢ·σᵢ)`, instead of
-/// one each. Returns each vote's verdict, in order.
+/// Verifies many votes of one set at once, with one final exponentiation
+/// for all of them: with weights `rᵢ`, the batch holds when
+/// `e(g₁, Σ rᵢ·σᵢ) = Π_m e(Σ_{i signs m} rᵢ·pkᵢ, H(m))` (one Miller loop per
+/// signing root, and one for the signatures). Returns each vote's verdict,
+/// in order.
 ///
-/// The 128-bit weights `rᵢ` are derived from the whole group (signing root,
-/// voters and signatures), so whoever chose the votes cannot make invalid
-/// signatures cancel out (a plain sum would accept `σ₁ + δ` and `σ₂ − δ`):
-/// a group passes only if every member is valid, up to a 2⁻¹²⁸ chance per
-/// attempt. When a group fails, its votes are checked one by one, so a
-/// forged vote costs its sender nothing and never hides a valid one.
+/// The 128-bit weights `rᵢ` are derived from the whole batch (signing
+/// roots, set, voters and signatures), so whoever chose the votes cannot
+/// make invalid signatures cancel out (a plain sum would accept `σ₁ + δ`
+/// and `σ₂ − δ`): a batch passes only if every member is valid, up to a
+/// 2⁻¹²⁸ chance per attempt. Every signature is subgroup-checked first.
+/// When a batch fails, each signing root's votes are checked as a batch of
+/// their own, and the votes of a failing root one by one, so a forged vote
+/// costs its sender nothing and never hides a valid one.
+///
 /// Votes found in `cache` are not checked again; those that pass are added.
+/// Each signing root is hashed to the curve once per cache (signing shares
+/// the point). When `cache` pools waiting votes
+/// ([`VerifiedCache::shared_pooling`]), the votes other verifiers noted
+/// for the same signing roots and set join the batch, so a block's votes
+/// are paired together once, whoever checks them first.
 pub fn verify_votes_cached(
     votes: &[Vote],
     set: &ValidatorSet,
     chain_id: u64,
     cache: &Mutex<VerifiedCache>,
 ) -> Vec<bool> {
+    let roots: Vec<B256> = votes
+        .iter()
+        .map(|v| bls::vote_signing_root(chain_id, v.slot, &v.block_hash))
+        .collect();
     let keys: Vec<B256> = votes
         .iter()
-        .map(|v| VerifiedCache::vote_key(v, set, chain_id))
+        .zip(&roots)
+        .map(|(v, root)| VerifiedCache::signature_key(root, set, v.validator_index, &v.signature))
         .collect();
     let mut verdicts: Vec<Option<bool>> = {
         let mut cache = lock(cache);
@@ -851,63 +932,126 @@ pub fn verify_votes_cached(
             .map(|k| cache.contains(k).then_some(true))
             .collect()
     };
-    // Group the rest by what they sign, in first-seen order.
-    let mut groups: Vec<(u64, B256, Vec<usize>)> = Vec::new();
+    // Group the rest by signing root, in first-seen order; each candidate
+    // is a caller's vote (`Some(position)`) or a pooled one (`None`).
+    let mut groups: Vec<(B256, u64, Vec<Candidate>)> = Vec::new();
     for (i, vote) in votes.iter().enumerate() {
         if verdicts[i].is_some() {
             continue;
         }
-        match groups
-            .iter_mut()
-            .find(|(slot, hash, _)| *slot == vote.slot && *hash == vote.block_hash)
-        {
-            Some((_, _, members)) => members.push(i),
-            None => groups.push((vote.slot, vote.block_hash, vec![i])),
+        let candidate = (Some(i), vote.clone(), keys[i]);
+        match groups.iter_mut().find(|(root, _, _)| *root == roots[i]) {
+            Some((_, _, members)) => members.push(candidate),
+            None => groups.push((roots[i], vote.slot, vec![candidate])),
         }
     }
-    let mut decoded: Vec<Option<Signature>> = vec![None; votes.len()];
-    for (_, _, members) in groups {
-        // Decode once: the group check, a member's own check and the
-        // cache entry (for aggregation) share the point.
-        let mut group: Vec<(&Vote, PublicKey, Signature)> = Vec::with_capacity(members.len());
-        let mut judged: Vec<usize> = Vec::with_capacity(members.len());
-        for i in members {
-            let vote = &votes[i];
-            let key = set.decoded_keys().get(vote.validator_index as usize);
-            match (key, bls::decode_signature(&vote.signature)) {
-                (Some(key), Ok(signature)) => {
-                    group.push((vote, *key, signature));
-                    judged.push(i);
+    if groups.is_empty() {
+        return verdicts.into_iter().map(|v| v == Some(true)).collect();
+    }
+    // Votes that other verifiers sharing the cache hold for these roots.
+    {
+        let mut cache = lock(cache);
+        for (root, slot, members) in &mut groups {
+            for vote in cache.take_waiting(*slot, *root, set) {
+                let key =
+                    VerifiedCache::signature_key(root, set, vote.validator_index, &vote.signature);
+                if !cache.keys.contains_key(&key) && !members.iter().any(|(_, v, _)| *v == vote) {
+                    members.push((None, vote, key));
                 }
-                _ => verdicts[i] = Some(false),
             }
         }
-        let all_valid = group.len() > 1 && same_root_batch_holds(&group, set, chain_id);
-        for ((vote, key, signature), i) in group.into_iter().zip(judged) {
-            let valid = all_valid
-                || PreparedQc {
-                    root: bls::vote_signing_root(chain_id, vote.slot, &vote.block_hash),
-                    aggregate_key: key,
+    }
+    // Decode (decompress, subgroup-check) once: every batch below, and the
+    // cache entry kept for aggregation, share the points.
+    let mut batch: Vec<RootBatch> = Vec::with_capacity(groups.len());
+    {
+        let mut cache = lock(cache);
+        for (root, _, members) in &groups {
+            batch.push(RootBatch {
+                root: *root,
+                hashed: cache.hashed_root(root).1,
+                members: Vec::with_capacity(members.len()),
+            });
+        }
+    }
+    for ((_, _, members), root_batch) in groups.into_iter().zip(&mut batch) {
+        for (position, vote, key) in members {
+            let public = set.decoded_keys().get(vote.validator_index as usize);
+            let signature = bls::decode_signature(&vote.signature)
+                .ok()
+                .filter(|s| s.validate(true).is_ok());
+            match (public, signature) {
+                (Some(public), Some(signature)) => root_batch.members.push(BatchMember {
+                    position,
+                    key,
+                    index: vote.validator_index,
+                    public: *public,
                     signature,
+                    bytes: vote.signature,
+                }),
+                _ => {
+                    if let Some(i) = position {
+                        verdicts[i] = Some(false);
+                    }
                 }
-                .verify();
-            verdicts[i] = Some(valid);
-            decoded[i] = Some(signature);
+            }
+        }
+    }
+    batch.retain(|b| !b.members.is_empty());
+    let mut passed: Vec<&BatchMember> = Vec::new();
+    let all: Vec<(&RootBatch, &[BatchMember])> =
+        batch.iter().map(|b| (b, b.members.as_slice())).collect();
+    if !all.is_empty() && batch_holds(&all, set) {
+        passed.extend(batch.iter().flat_map(|b| &b.members));
+    } else {
+        for root_batch in &batch {
+            let whole = [(root_batch, root_batch.members.as_slice())];
+            if all.len() > 1 && root_batch.members.len() > 1 && batch_holds(&whole, set) {
+                passed.extend(&root_batch.members);
+                continue;
+            }
+            if all.len() == 1 && root_batch.members.len() == 1 {
+                continue; // that was the whole batch: it failed
+            }
+            for member in &root_batch.members {
+                if batch_holds(&[(root_batch, std::slice::from_ref(member))], set) {
+                    passed.push(member);
+                }
+            }
         }
     }
     let mut cache = lock(cache);
-    verdicts
-        .into_iter()
-        .zip(keys)
-        .zip(decoded)
-        .map(|((verdict, key), signature)| {
-            let valid = verdict.expect("every vote was judged");
-            if valid {
-                cache.insert_decoded(key, signature);
-            }
-            valid
-        })
-        .collect()
+    for member in passed {
+        cache.insert_decoded(member.key, Some(member.signature));
+        if let Some(i) = member.position {
+            verdicts[i] = Some(true);
+        }
+    }
+    verdicts.into_iter().map(|v| v == Some(true)).collect()
+}
+
+/// A vote to check: the caller's (at `Some(position)`) or a pooled one
+/// (`None`), with its cache entry.
+type Candidate = (Option<usize>, Vote, B256);
+
+/// Decoded signatures over one signing root, for [`batch_holds`].
+struct RootBatch {
+    root: B256,
+    /// `root` hashed to G2.
+    hashed: blst_p2_affine,
+    members: Vec<BatchMember>,
+}
+
+/// One signature of a batch, decompressed and subgroup-checked.
+struct BatchMember {
+    /// Where the caller's vote sits (`None` for a pooled vote).
+    position: Option<usize>,
+    /// Its cache entry.
+    key: B256,
+    index: u32,
+    public: PublicKey,
+    signature: Signature,
+    bytes: BlsSignature,
 }
 
 /// `root` hashed to G2 under the signature domain tag, as signing and
@@ -930,51 +1074,106 @@ fn hash_to_curve(root: &B256) -> blst_p2 {
     point
 }
 
-/// The randomized same-message check behind [`verify_votes_cached`]: false
-/// if any signature is malformed, outside the subgroup, or does not verify.
-fn same_root_batch_holds(
-    votes: &[(&Vote, PublicKey, Signature)],
-    set: &ValidatorSet,
-    chain_id: u64,
-) -> bool {
-    let first = votes[0].0;
-    let root = bls::vote_signing_root(chain_id, first.slot, &first.block_hash);
-    let mut keys = Vec::with_capacity(votes.len());
-    let mut signatures = Vec::with_capacity(votes.len());
-    let mut transcript = Vec::with_capacity(32 + votes.len() * 100);
-    transcript.extend_from_slice(root.as_slice());
-    transcript.extend_from_slice(set.hash().as_slice());
-    for (vote, key, signature) in votes {
-        keys.push(*key);
-        signatures.push(*signature);
-        transcript.extend_from_slice(&vote.validator_index.to_be_bytes());
-        transcript.extend_from_slice(vote.signature.as_slice());
-    }
-    if signatures.validate().is_err() {
-        return false; // not in the subgroup (or the identity)
-    }
-    let seed = keccak256(&transcript);
-    let mut scalars = Vec::with_capacity(votes.len() * 16);
-    for i in 0..votes.len() {
-        let mut input = [0u8; 40];
-        input[..32].copy_from_slice(seed.as_slice());
-        input[32..].copy_from_slice(&(i as u64).to_le_bytes());
-        let mut r: [u8; 16] = keccak256(input)[..16].try_into().expect("16 bytes");
-        if r == [0; 16] {
-            r[0] = 1;
+/// The randomized multi-root check behind [`verify_votes_cached`]: whether
+/// `e(g₁, Σ rᵢ·σᵢ) = Π_m e(Σ_{i signs m} rᵢ·pkᵢ, H(m))` for the members
+/// given (all subgroup-checked), with 128-bit weights derived from all of
+/// them; a lone signature needs no weight. One final exponentiation.
+fn batch_holds(parts: &[(&RootBatch, &[BatchMember])], set: &ValidatorSet) -> bool {
+    let count: usize = parts.iter().map(|(_, members)| members.len()).sum();
+    let scalars: Vec<u8> = if count == 1 {
+        Vec::new()
+    } else {
+        let mut transcript = Vec::with_capacity(32 + parts.len() * 32 + count * 100);
+        transcript.extend_from_slice(set.hash().as_slice());
+        for (root_batch, members) in parts {
+            transcript.extend_from_slice(root_batch.root.as_slice());
+            for member in *members {
+                transcript.extend_from_slice(&member.index.to_be_bytes());
+                transcript.extend_from_slice(member.bytes.as_slice());
+            }
         }
-        scalars.extend_from_slice(&r);
+        let seed = keccak256(&transcript);
+        let mut scalars = Vec::with_capacity(count * 16);
+        for i in 0..count {
+            let mut input = [0u8; 40];
+            input[..32].copy_from_slice(seed.as_slice());
+            input[32..].copy_from_slice(&(i as u64).to_le_bytes());
+            let mut r: [u8; 16] = keccak256(input)[..16].try_into().expect("16 bytes");
+            if r == [0; 16] {
+                r[0] = 1;
+            }
+            scalars.extend_from_slice(&r);
+        }
+        scalars
+    };
+    // Σ rᵢ·pkᵢ per root (affine), then the pairs for the Miller loop.
+    let mut keys: Vec<blst_p1_affine> = Vec::with_capacity(parts.len());
+    let mut offset = 0;
+    for (_, members) in parts {
+        let mut point = blst::blst_p1::default();
+        if scalars.is_empty() {
+            let public: &blst_p1_affine = (&members[0].public).into();
+            // SAFETY: live values of this frame.
+            unsafe { blst::blst_p1_from_affine(&mut point, public) };
+        } else {
+            let publics: Vec<PublicKey> = members.iter().map(|m| m.public).collect();
+            let end = offset + members.len() * 16;
+            point = publics.mult(&scalars[offset..end], 128).into();
+            offset = end;
+        }
+        let mut affine = blst_p1_affine::default();
+        // SAFETY: live values of this frame.
+        unsafe {
+            if blst::blst_p1_is_inf(&point) {
+                return false; // a weighted sum hit the identity: judge one by one
+            }
+            blst::blst_p1_to_affine(&mut affine, &point);
+        }
+        keys.push(affine);
     }
-    let aggregate_key = keys.mult(&scalars, 128).to_public_key();
-    let aggregate_signature = signatures.mult(&scalars, 128).to_signature();
-    aggregate_signature.verify(
-        false, // every signature was subgroup-checked above
-        root.as_slice(),
-        SIGNATURE_DST,
-        &[],
-        &aggregate_key,
-        false,
-    ) == BLST_ERROR::BLST_SUCCESS
+    let signature = if scalars.is_empty() {
+        let mut point = blst_p2::default();
+        let affine: &blst_p2_affine = (&parts[0].1[0].signature).into();
+        // SAFETY: live values of this frame.
+        unsafe { blst::blst_p2_from_affine(&mut point, affine) };
+        point
+    } else {
+        let signatures: Vec<Signature> = parts
+            .iter()
+            .flat_map(|(_, members)| members.iter().map(|m| m.signature))
+            .collect();
+        signatures.mult(&scalars, 128).into()
+    };
+    let mut signature_affine = blst_p2_affine::default();
+    // SAFETY: live values of this frame.
+    unsafe {
+        if blst::blst_p2_is_inf(&signature) {
+            return false;
+        }
+        blst::blst_p2_to_affine(&mut signature_affine, &signature);
+    }
+    let hashed: Vec<*const blst_p2_affine> =
+        parts.iter().map(|(b, _)| &b.hashed as *const _).collect();
+    let publics: Vec<*const blst_p1_affine> = keys.iter().map(|k| k as *const _).collect();
+    let mut messages = blst_fp12::default();
+    let mut signatures = blst_fp12::default();
+    // SAFETY: `hashed` and `publics` hold `parts.len()` pointers to live
+    // affine points (in `parts` and `keys`, both outliving the call); the
+    // generator is blst's static; outputs are live values of this frame.
+    unsafe {
+        blst::blst_miller_loop_n(
+            &mut messages,
+            hashed.as_ptr(),
+            publics.as_ptr(),
+            parts.len(),
+        );
+        blst::blst_miller_loop(
+            &mut signatures,
+            &signature_affine,
+            blst::blst_p1_affine_generator(),
+        );
+        blst::blst_fp12_finalverify(&signatures, &messages)
+    }
 }
 
 #[cfg(test)]
@@ -1054,6 +1253,59 @@ mod tests {
             1,
             "only the valid vote is remembered"
         );
+    }
+
+    #[test]
+    fn a_forgery_in_a_batch_over_several_roots_fails_alone() {
+        let spec = ChainSpec::devnet(7);
+        let set = spec.genesis_set().unwrap();
+        let mut all = votes(&spec, B256::repeat_byte(1), 0..4);
+        all.extend(votes(&spec, B256::repeat_byte(2), 4..7));
+        all[5].signature = all[4].signature; // voter 4's signature, claimed by 5
+        let cache = Mutex::new(VerifiedCache::new(64));
+        let verdicts = verify_votes_cached(&all, &set, spec.chain_id, &cache);
+        assert_eq!(verdicts, vec![true, true, true, true, true, false, true]);
+        assert_eq!(
+            cache.lock().unwrap().len(),
+            6,
+            "only valid votes are remembered"
+        );
+    }
+
+    #[test]
+    fn pooled_votes_join_the_batch_that_checks_their_root() {
+        let spec = ChainSpec::devnet(7);
+        let set = spec.genesis_set().unwrap();
+        let block = B256::repeat_byte(6);
+        let mine = votes(&spec, block, 0..2);
+        let theirs = votes(&spec, block, 2..5);
+        let mut forged = votes(&spec, block, 5..6).remove(0);
+        forged.signature = theirs[0].signature;
+        let other_block = votes(&spec, B256::repeat_byte(7), 6..7).remove(0);
+        let cache = VerifiedCache::shared_pooling(64);
+        for vote in theirs.iter().chain([&forged, &other_block]) {
+            // Noted by other verifiers, which hold them unchecked.
+            cache
+                .lock()
+                .unwrap()
+                .note_waiting(vote, &set, spec.chain_id);
+        }
+        let verdicts = verify_votes_cached(&mine, &set, spec.chain_id, &cache);
+        assert_eq!(
+            verdicts,
+            vec![true, true],
+            "a forged pooled vote hides nothing"
+        );
+        let mut cache = cache.lock().unwrap();
+        for vote in &theirs {
+            assert!(cache.contains(&VerifiedCache::vote_key(vote, &set, spec.chain_id)));
+        }
+        assert!(!cache.contains(&VerifiedCache::vote_key(&forged, &set, spec.chain_id)));
+        assert!(
+            !cache.contains(&VerifiedCache::vote_key(&other_block, &set, spec.chain_id)),
+            "votes for other roots wait for their own check"
+        );
+        assert_eq!(cache.waiting_len, 1);
     }
 
     #[test]

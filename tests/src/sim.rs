@@ -183,7 +183,9 @@ struct Persisted {
 
 struct SimNode {
     key_index: u32,
-    /// Its validator key (derived once: accusations are matched against it).
+    /// Its validator key and public key (derived once: accusations are
+    /// matched against the public key, byzantine behaviours sign with it).
+    key: luxtensor_light::BlsSecretKey,
     public_key: luxtensor_light::BlsPublicKey,
     engine: Option<Engine>,
     persisted: Persisted,
@@ -264,22 +266,25 @@ impl Simulation {
         let consensus = ConsensusConfig::for_slot(config.slot_ms);
         // One extra node: the newcomer that stakes during the run (an observer until then).
         let total = config.validators + usize::from(config.staking);
-        let verified = VerifiedCache::shared(VerifiedCache::DEFAULT_CAPACITY);
+        let verified = VerifiedCache::shared_pooling(VerifiedCache::DEFAULT_CAPACITY);
+        let genesis = Root::genesis(&spec);
         let nodes = (0..total)
             .map(|i| {
                 let protection = SharedProtection::default();
-                let root = Root::genesis(&spec);
+                let root = genesis.clone();
+                let key = devnet_validator_key(i as u32);
                 let mut engine = Engine::new(
                     spec.clone(),
                     consensus.clone(),
-                    Some(devnet_validator_key(i as u32)),
+                    Some(key.clone()),
                     Box::new(protection.clone()),
                     root.clone(),
                 );
                 engine.set_verified_cache(verified.clone());
                 SimNode {
                     key_index: i as u32,
-                    public_key: devnet_validator_key(i as u32).public_key(),
+                    public_key: key.public_key(),
+                    key,
                     engine: Some(engine),
                     persisted: Persisted {
                         finalized: vec![root.block.clone()],
@@ -415,15 +420,15 @@ impl Simulation {
                     match self.nodes[i].byzantine {
                         Some(Byzantine::WithholdVotes) if faulty => {}
                         Some(Byzantine::DoubleVote) if faulty => {
-                            let key = devnet_validator_key(self.nodes[i].key_index);
                             let fake =
                                 B256::from(U256::from(self.rng.next_u64()).to_be_bytes::<32>());
-                            let other = Vote::sign(
-                                &key,
+                            let other = Vote::sign_cached(
+                                &self.nodes[i].key,
                                 self.spec.chain_id,
                                 vote.slot,
                                 fake,
                                 vote.validator_index,
+                                &self.verified,
                             );
                             self.send_both(
                                 i,
@@ -444,9 +449,8 @@ impl Simulation {
                             self.lags.push(now_slot.saturating_sub(*proposed));
                         }
                     }
-                    let node = &mut self.nodes[i];
-                    node.persisted.finalized.extend(blocks);
-                    node.persisted.root = node.engine.as_ref().expect("running").root();
+                    // (The root to restart from is taken at the crash.)
+                    self.nodes[i].persisted.finalized.extend(blocks);
                 }
                 Action::Misbehaviour { offender, .. } => {
                     if self.nodes[i].byzantine.is_some() {
@@ -471,8 +475,7 @@ impl Simulation {
         let Some(node) = engine.block(&hash) else {
             return;
         };
-        let key = devnet_validator_key(self.nodes[i].key_index);
-        let public = key.public_key();
+        let public = self.nodes[i].public_key;
         let Some(index) = node
             .epoch_set
             .validators()
@@ -482,7 +485,14 @@ impl Simulation {
             return;
         };
         let header = &node.block.header;
-        let vote = Vote::sign(&key, self.spec.chain_id, header.slot, hash, index as u32);
+        let vote = Vote::sign_cached(
+            &self.nodes[i].key,
+            self.spec.chain_id,
+            header.slot,
+            hash,
+            index as u32,
+            &self.verified,
+        );
         let epoch = header.epoch;
         self.broadcast(i, Message::Vote { epoch, vote });
     }
@@ -583,7 +593,7 @@ impl Simulation {
                         let mut engine = Engine::new(
                             self.spec.clone(),
                             self.consensus.clone(),
-                            Some(devnet_validator_key(node.key_index)),
+                            Some(node.key.clone()),
                             Box::new(node.persisted.protection.clone()),
                             node.persisted.root.clone(),
                         );
@@ -591,6 +601,12 @@ impl Simulation {
                         node.engine = Some(engine);
                     }
                 }
+            }
+        }
+        // What each running node would restart from now (the invariants read it).
+        for node in &mut self.nodes {
+            if let Some(engine) = node.engine.as_ref() {
+                node.persisted.root = engine.root();
             }
         }
         if std::env::var_os("LUXTENSOR_SIM_DEBUG").is_some() {

@@ -102,19 +102,24 @@ fn simulation_random_seeds() {
             (1000..1000 + count).collect()
         }
     };
+    // Every core takes the next seed as it finishes one (seeds differ in cost).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let failures: Vec<String> = std::thread::scope(|scope| {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut failures: Vec<(u64, String)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let seeds = &seeds;
+            .map(|_| {
+                let (seeds, next) = (&seeds, &next);
                 scope.spawn(move || {
-                    seeds
-                        .iter()
-                        .skip(t)
-                        .step_by(threads)
-                        .filter_map(|seed| Simulation::new(SimConfig::random(*seed)).run().err())
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
+                    let mut failures = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(seed) = seeds.get(i) else {
+                            return failures;
+                        };
+                        if let Err(e) = Simulation::new(SimConfig::random(*seed)).run() {
+                            failures.push((*seed, e.to_string()));
+                        }
+                    }
                 })
             })
             .collect();
@@ -123,6 +128,8 @@ fn simulation_random_seeds() {
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
+    failures.sort();
+    let failures: Vec<String> = failures.into_iter().map(|(_, e)| e).collect();
     assert!(
         failures.is_empty(),
         "{} of {} seeds failed:\n{}",
