@@ -141,25 +141,20 @@ impl Subscriber {
                 Err(e) => return Err(e),
             };
             let at = crate::bench::now_ns();
-            self.pending.extend_from_slice(&scratch[..read]);
-            let mut offset = 0;
-            while let Some((header, len)) = frame_len(&self.pending[offset..]) {
-                let frame = &self.pending[offset..offset + header + len];
-                let payload = &frame[header..];
-                match frame[0] & 0x0f {
-                    0x1 => {
-                        out.push((block_number(payload), at));
-                        self.received += 1;
-                    }
-                    0x9 => {
-                        let pong = masked_frame(0xA, payload);
-                        self.stream.write_all(&pong)?;
-                    }
-                    _ => {}
-                }
-                offset += header + len;
+            let (mut pongs, before) = (Vec::new(), out.len());
+            if self.pending.is_empty() {
+                // The usual case: whole frames, parsed where they were read.
+                let used = parse_frames(&scratch[..read], at, out, &mut pongs);
+                self.pending.extend_from_slice(&scratch[used..read]);
+            } else {
+                self.pending.extend_from_slice(&scratch[..read]);
+                let used = parse_frames(&self.pending, at, out, &mut pongs);
+                self.pending.drain(..used);
             }
-            self.pending.drain(..offset);
+            self.received += out.len() - before;
+            for pong in pongs {
+                self.stream.write_all(&pong)?;
+            }
             // A short read emptied the socket: the next segment raises a new
             // edge, so asking again would only cost an `EAGAIN` syscall.
             if read < scratch.len() {
@@ -167,6 +162,22 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// Records the text frames at the start of `data` as delivered `at`, and
+/// queues a pong for each ping; returns how many bytes whole frames took.
+fn parse_frames(data: &[u8], at: u128, out: &mut Vec<Delivery>, pongs: &mut Vec<Vec<u8>>) -> usize {
+    let mut offset = 0;
+    while let Some((header, len)) = frame_len(&data[offset..]) {
+        let payload = &data[offset + header..offset + header + len];
+        match data[offset] & 0x0f {
+            0x1 => out.push((block_number(payload), at)),
+            0x9 => pongs.push(masked_frame(0xA, payload)),
+            _ => {}
+        }
+        offset += header + len;
+    }
+    offset
 }
 
 /// The header length and payload length of the frame `bytes` starts with,
@@ -235,7 +246,7 @@ fn read_until(
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 /// The block number of a `newHeads` notification, found by a byte search
@@ -271,6 +282,23 @@ mod tests {
             assert_eq!(parsed, len);
             assert_eq!(frame.len(), header + len);
         }
+    }
+
+    #[test]
+    fn whole_frames_are_parsed_and_a_partial_one_is_left() {
+        let head = |n: u8| {
+            let text = format!(r#"{{"number":"0x{n:x}"}}"#);
+            let mut frame = vec![0x81, text.len() as u8];
+            frame.extend_from_slice(text.as_bytes());
+            frame
+        };
+        let mut data = [head(1), vec![0x89, 1, b'p'], head(2)].concat();
+        let whole = data.len();
+        data.extend_from_slice(&head(3)[..5]);
+        let (mut out, mut pongs) = (Vec::new(), Vec::new());
+        assert_eq!(parse_frames(&data, 7, &mut out, &mut pongs), whole);
+        assert_eq!(out, vec![(Some(1), 7), (Some(2), 7)]);
+        assert_eq!(pongs, vec![masked_frame(0xA, b"p")]);
     }
 
     #[test]
