@@ -497,10 +497,10 @@ impl Nginx {
             .find(|p| std::path::Path::new(p).exists())?;
         let root = dir.join("nginx");
         std::fs::create_dir_all(root.join("cache")).ok()?;
-        let addr: SocketAddr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
-            l.local_addr().ok()?
-        };
+        let addr = SocketAddr::from((
+            [127, 0, 0, 1],
+            luxtensor_full::node::devnet::free_port().ok()?,
+        ));
         let r = root.display();
         let conf = format!(
             r#"worker_processes 2;
