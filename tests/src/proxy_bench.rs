@@ -22,7 +22,7 @@
 //!   subscriptions while serving them (1 per kind);
 //! - `peak_rss_mb`: this process's peak RSS (the proxy *and* the devnet).
 
-use crate::bench::report;
+use crate::bench::{now_ns, report};
 use crate::rpc_bench::http_rps;
 use crate::rpc_support::HttpClient;
 use luxtensor_proxy::ProxyConfig;
@@ -32,16 +32,9 @@ use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const BENCH: &str = "proxy";
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos()
-}
 
 /// A line of `/proc/self/status` in MiB (`VmRSS`, `VmHWM`).
 fn status_mb(key: &str) -> f64 {
@@ -467,14 +460,7 @@ async fn fanout(running: &luxtensor_proxy::Running, n: usize, events: usize) {
         .await
         .expect("reader");
     let _ = child.wait();
-    let mut parts = line
-        .split_whitespace()
-        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
-    let (p50, p99, got) = (
-        parts.next().unwrap_or(f64::NAN),
-        parts.next().unwrap_or(f64::NAN),
-        parts.next().unwrap_or(0.0),
-    );
+    let (p50, p99, got) = crate::rpc_bench::clients_result(&line);
     assert_eq!(
         got,
         (n * events) as f64,

@@ -184,14 +184,7 @@ async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
     line.clear();
     stdout.read_line(&mut line).expect("child result");
     let _ = child.wait();
-    let mut parts = line
-        .split_whitespace()
-        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
-    let (p50, p99, got) = (
-        parts.next().unwrap_or(f64::NAN),
-        parts.next().unwrap_or(f64::NAN),
-        parts.next().unwrap_or(0.0),
-    );
+    let (p50, p99, got) = clients_result(&line);
     let expected = (n * events) as f64;
     assert_eq!(got, expected, "every subscriber received every head");
     report(BENCH, &format!("newheads_fanout_p50_ms_{n}"), p50, "ms");
@@ -204,6 +197,19 @@ async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
         cpu_us / expected,
         "us",
     );
+}
+
+/// The last line of [`clients`]: `(p50_ms, p99_ms, deliveries)` (NaN and 0
+/// for what is missing).
+pub fn clients_result(line: &str) -> (f64, f64, f64) {
+    let mut parts = line
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+    (
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(0.0),
+    )
 }
 
 /// The child process: `n` subscribers that each wait for `events` heads,

@@ -53,6 +53,34 @@ async fn proxy(spec: &luxtensor_light::ChainSpec, upstreams: Vec<String>) -> Run
         .unwrap()
 }
 
+/// A 4-validator devnet in this process under `dir`, and a proxy in front
+/// of its first node that lets each client make `burst` calls at once, then
+/// one a second.
+async fn devnet_behind_rate_limited_proxy(
+    dir: &std::path::Path,
+    burst: u32,
+) -> (luxtensor_proxy::dev::Devnet, Running) {
+    let devnet = luxtensor_proxy::dev::start(4, &dir.join("devnet"), 500, 8)
+        .await
+        .unwrap();
+    let config = ProxyConfig {
+        rate_limit: Some(luxtensor_proxy::ratelimit::RateLimit {
+            per_second: 1,
+            burst,
+        }),
+        ..config()
+    };
+    let running = luxtensor_proxy::start(
+        config,
+        devnet.spec.clone(),
+        None,
+        vec![format!("http://{}", devnet.rpc[0])],
+    )
+    .await
+    .unwrap();
+    (devnet, running)
+}
+
 /// Makes upstream `liar` the first one asked (others look very slow), forgiven of past lies.
 fn prefer(running: &Running, liar: usize) {
     running.proxy.pool.with_board(|b| {
@@ -515,24 +543,7 @@ async fn fan_out_survives_the_subscription_upstream_dying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_limit_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let devnet = luxtensor_proxy::dev::start(4, &dir.path().join("devnet"), 500, 8)
-        .await
-        .unwrap();
-    let config = ProxyConfig {
-        rate_limit: Some(luxtensor_proxy::ratelimit::RateLimit {
-            per_second: 1,
-            burst: 5,
-        }),
-        ..config()
-    };
-    let running = luxtensor_proxy::start(
-        config,
-        devnet.spec.clone(),
-        None,
-        vec![format!("http://{}", devnet.rpc[0])],
-    )
-    .await
-    .unwrap();
+    let (devnet, running) = devnet_behind_rate_limited_proxy(dir.path(), 5).await;
     let mut http = HttpClient::connect(running.bound.rpc).await;
     let batch: Vec<Value> = (0..8)
         .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "eth_chainId", "params": []}))
@@ -691,24 +702,7 @@ async fn the_trusted_state_survives_a_restart_and_a_ws_only_address_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_requests_for_final_data_are_answered_from_their_exact_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let devnet = luxtensor_proxy::dev::start(4, &dir.path().join("devnet"), 500, 8)
-        .await
-        .unwrap();
-    let config = ProxyConfig {
-        rate_limit: Some(luxtensor_proxy::ratelimit::RateLimit {
-            per_second: 1,
-            burst: 40,
-        }),
-        ..config()
-    };
-    let running = luxtensor_proxy::start(
-        config,
-        devnet.spec.clone(),
-        None,
-        vec![format!("http://{}", devnet.rpc[0])],
-    )
-    .await
-    .unwrap();
+    let (devnet, running) = devnet_behind_rate_limited_proxy(dir.path(), 40).await;
     let proxy = &running.proxy;
     wait_for("a final block 3", Duration::from_secs(40), async || {
         proxy.finalized().filter(|f| f.number >= 3)
