@@ -160,7 +160,9 @@ pub enum Event {
         problem: Problem,
     },
     /// Heads of epochs the client has no set for arrived: fetch updates
-    /// starting at this epoch.
+    /// starting at this epoch. Asked once per answer: after a page of
+    /// updates is handled (even an empty one, as when the upstream has not
+    /// finalized the hand-over yet), the next such head asks again.
     NeedUpdates {
         /// The epoch of the first update needed.
         from_epoch: u64,
@@ -451,6 +453,7 @@ impl LightClient {
             Ok(updates) => self.handle_updates(upstream, updates, rng_seed),
             Err(e) => {
                 self.upstreams.seen(upstream, self.now_ms)?;
+                self.requested_updates = None;
                 let rule = Violation::from_decode(e);
                 self.reject(upstream, rule.clone());
                 Ok(UpdatesOutcome {
@@ -472,6 +475,8 @@ impl LightClient {
         rng_seed: [u8; 32],
     ) -> Result<UpdatesOutcome, ClientError> {
         self.upstreams.seen(upstream, self.now_ms)?;
+        // The request is answered: a head still waiting asks again.
+        self.requested_updates = None;
         let fail = |this: &mut Self, index, rule: Violation| {
             this.reject(upstream, rule.clone());
             Ok(UpdatesOutcome {
@@ -528,9 +533,6 @@ impl LightClient {
                 self.epoch_changed(&old_set);
             }
         }
-        if applied > 0 {
-            self.requested_updates = None;
-        }
         if let Some((_, rule)) = &rejected {
             self.reject(upstream, rule.clone());
         }
@@ -548,6 +550,7 @@ impl LightClient {
             Ok(head) => self.handle_head(upstream, head),
             Err(e) => {
                 self.upstreams.seen(upstream, self.now_ms)?;
+                self.requested_updates = None;
                 let rule = Violation::from_decode(e);
                 self.reject(upstream, rule.clone());
                 Ok(Err(rule))
@@ -1085,6 +1088,22 @@ mod tests {
             needs,
             vec![Event::NeedUpdates { from_epoch: 0 }],
             "asked once"
+        );
+        // An empty answer (the upstream has no update yet): the next head
+        // that needs one asks again, so the client cannot stall.
+        let outcome = c.handle_updates(UP, Vec::new(), [7; 32]).unwrap();
+        assert_eq!((outcome.applied, outcome.rejected), (0, None));
+        assert_eq!(
+            c.poll_event(),
+            None,
+            "an empty answer asks nothing by itself"
+        );
+        let last = headers.last().unwrap().clone();
+        assert_eq!(c.handle_head(UP, last).unwrap(), Ok(HeadVerdict::Buffered));
+        assert_eq!(
+            std::iter::from_fn(|| c.poll_event()).collect::<Vec<_>>(),
+            vec![Event::NeedUpdates { from_epoch: 0 }],
+            "asked again after the empty answer"
         );
     }
 
