@@ -13,6 +13,7 @@
 //! | [`receipt`] | [`Receipt`], [`Log`], [`Account`] (alloy's Ethereum types) and their roots |
 //! | [`evidence`] | slashable [`Evidence`]: double votes and double proposals |
 //! | [`block`] | [`Block`] and its body commitments |
+//! | [`fee`] | EIP-1559 fee-history arithmetic: reward percentiles |
 //! | [`chain_spec`] | [`ChainSpec`], [`RotationConfig`], the built-in devnet |
 //! | [`verify`] | the header rulebook: [`verify_header`], [`verify_link`] |
 //! | [`codec`] | total decoding: size caps, no trailing bytes, canonical RLP |
@@ -44,6 +45,7 @@ pub mod chain_spec;
 pub mod client;
 pub mod codec;
 pub mod evidence;
+pub mod fee;
 pub mod header;
 pub mod qc;
 pub mod receipt;

@@ -10,14 +10,17 @@
 //! | [`Scope::Head`] | `eth_blockNumber`, a balance at `latest` | any new verified head |
 //!
 //! Beside it, a smaller table of whole responses keyed by the exact request
-//! body ([`Cache::get_exact`]): only for [`Scope::Immutable`] answers (final,
-//! verified data that can never change), so that the server can answer a
-//! repeated request for them without parsing it. It takes at most an eighth
-//! of the entry and byte budgets, and its bytes count in [`Cache::bytes`].
+//! body with its id cut out ([`Cache::get_exact`]): only for
+//! [`Scope::Immutable`] answers (final, verified data that can never
+//! change), so that the server can answer a repeated request for them
+//! without parsing it, the new request's id spliced in. Only bodies whose id
+//! is plain ([`rpc::id_span`]) are kept. It takes at most an eighth of the
+//! entry and byte budgets, and its bytes count in [`Cache::bytes`].
 //!
 //! In-flight coalescing lives in the server (it needs futures); this module
 //! only stores and counts.
 
+use crate::rpc::{self, RESPONSE_PREFIX};
 use alloy_primitives::B256;
 use hyper::body::Bytes;
 use lru::LruCache;
@@ -52,6 +55,40 @@ pub struct Exact {
     pub id: Arc<str>,
     /// The response, byte for byte.
     pub response: Bytes,
+}
+
+impl Exact {
+    /// The same response to a request with another id (its JSON text).
+    fn for_id(&self, id: &[u8]) -> Exact {
+        if id == self.id.as_bytes() {
+            return self.clone();
+        }
+        let rest = &self.response[RESPONSE_PREFIX.len() + self.id.len()..];
+        let mut response = Vec::with_capacity(RESPONSE_PREFIX.len() + id.len() + rest.len());
+        response.extend_from_slice(RESPONSE_PREFIX.as_bytes());
+        response.extend_from_slice(id);
+        response.extend_from_slice(rest);
+        Exact {
+            method: self.method,
+            id: String::from_utf8_lossy(id).into(),
+            response: response.into(),
+        }
+    }
+}
+
+/// The key of a body in the exact-body table: the body without its id's
+/// value, and where the id was (two bodies share a key only when they are
+/// the same but for the id). `None`: not kept (see [`rpc::id_span`]).
+fn exact_key(body: &[u8]) -> Option<(Box<[u8]>, &[u8])> {
+    if body.len() > MAX_EXACT_BODY {
+        return None;
+    }
+    let span = rpc::id_span(body)?;
+    let mut key = Vec::with_capacity(body.len() - span.len() + 4);
+    key.extend_from_slice(&(span.start as u32).to_le_bytes());
+    key.extend_from_slice(&body[..span.start]);
+    key.extend_from_slice(&body[span.end..]);
+    Some((key.into(), &body[span]))
 }
 
 /// Hits and misses of one method.
@@ -126,11 +163,13 @@ impl Cache {
         found
     }
 
-    /// The whole response stored for exactly this request body. Nothing is
-    /// counted: a hit is counted ([`Cache::hit`]) when it is served, and on
-    /// a miss the body is answered the ordinary way, which counts.
+    /// The whole response stored for this request body but for its id,
+    /// with this body's id. Nothing is counted: a hit is counted
+    /// ([`Cache::hit`]) when it is served, and on a miss the body is
+    /// answered the ordinary way, which counts.
     pub fn get_exact(&mut self, body: &[u8]) -> Option<Exact> {
-        self.exact.get(body).cloned()
+        let (key, id) = exact_key(body)?;
+        Some(self.exact.get(&key)?.for_id(id))
     }
 
     /// Counts a hit for `method` (a whole response served from [`Cache::get_exact`]).
@@ -138,18 +177,27 @@ impl Cache {
         self.counts.entry(method).or_default().hits += 1;
     }
 
-    /// Stores the response to exactly this body. Only for answers of
+    /// Stores the response to this body. Only for answers of
     /// [`Scope::Immutable`]: nothing ever removes an entry but eviction.
-    /// Bodies longer than [`MAX_EXACT_BODY`] are not kept.
+    /// Not kept: bodies longer than [`MAX_EXACT_BODY`], bodies without a
+    /// plain id, and responses that do not start with
+    /// [`RESPONSE_PREFIX`] and the body's id as written (so that splicing
+    /// another id in gives what the ordinary path would).
     pub fn put_exact(&mut self, body: &[u8], exact: Exact) {
-        let size = body.len() + exact.response.len() + exact.id.len() + ENTRY_OVERHEAD;
+        let Some((key, id)) = exact_key(body) else {
+            return;
+        };
+        let starts_right = exact.id.as_bytes() == id
+            && exact.response.starts_with(RESPONSE_PREFIX.as_bytes())
+            && exact.response[RESPONSE_PREFIX.len()..].starts_with(id);
+        let size = key.len() + exact.response.len() + exact.id.len() + ENTRY_OVERHEAD;
         let budget = self.max_bytes / EXACT_SHARE;
-        if body.len() > MAX_EXACT_BODY || size > budget {
+        if !starts_right || size > budget {
             return;
         }
         self.bytes += size;
         self.exact_bytes += size;
-        if let Some((old_body, old)) = self.exact.push(body.into(), exact) {
+        if let Some((old_body, old)) = self.exact.push(key, exact) {
             self.forget_exact(&old_body, &old);
         }
         while self.exact_bytes > budget || self.bytes > self.max_bytes {
@@ -361,45 +409,76 @@ mod tests {
         assert_eq!(cache.len(), 1, "no longer head-scoped");
     }
 
-    fn exact(id: &str, response: &'static str) -> Exact {
+    fn exact(id: &str, result: &str) -> Exact {
         Exact {
             method: "eth_getBlockByNumber",
             id: id.into(),
-            response: Bytes::from_static(response.as_bytes()),
+            response: rpc::response(id, &Ok((result.into(), rpc::Trust::Verified))).into(),
         }
     }
 
+    fn body(id: &str, block: &str) -> Vec<u8> {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_getBlockByNumber","params":["{block}",true]}}"#
+        )
+        .into_bytes()
+    }
+
     #[test]
-    fn exact_bodies_are_matched_byte_for_byte_and_bounded() {
-        let mut cache = Cache::new(80, 8 * 1024);
-        let body =
-            br#"{"jsonrpc":"2.0","id":1,"method":"eth_getBlockByNumber","params":["0x1",true]}"#;
-        cache.put_exact(body, exact("1", "response"));
-        let hit = cache.get_exact(body).unwrap();
-        assert_eq!((&hit.response[..], &*hit.id), (&b"response"[..], "1"));
+    fn exact_bodies_are_matched_but_for_their_id_and_bounded() {
+        let mut cache = Cache::new(80, 32 * 1024);
+        let one = body("1", "0x1");
+        cache.put_exact(&one, exact("1", "\"r1\""));
+        let hit = cache.get_exact(&one).unwrap();
+        assert_eq!(hit.response, exact("1", "\"r1\"").response);
+        assert_eq!(&*hit.id, "1");
         cache.hit(hit.method);
         assert_eq!(
             cache.counts()["eth_getBlockByNumber"],
             Counts { hits: 1, misses: 0 }
         );
-        // Another id, another spacing: another body.
-        let other =
-            br#"{"jsonrpc":"2.0","id":2,"method":"eth_getBlockByNumber","params":["0x1",true]}"#;
-        assert!(cache.get_exact(other).is_none());
-        assert!(cache.get_exact(&body[..body.len() - 1]).is_none());
+        // Another id: the same response with that id, as the ordinary path gives it.
+        for id in ["2", "\"abc\"", "0", "123456789012345678"] {
+            let hit = cache.get_exact(&body(id, "0x1")).unwrap();
+            assert_eq!(hit.response, exact(id, "\"r1\"").response, "{id}");
+            assert_eq!(&*hit.id, id);
+        }
+        // Another block, another spacing, a cut body, an id that is not plain: no hit.
+        assert!(cache.get_exact(&body("1", "0x2")).is_none());
+        let spaced =
+            br#"{"jsonrpc":"2.0", "id":1,"method":"eth_getBlockByNumber","params":["0x1",true]}"#;
+        assert!(cache.get_exact(spaced).is_none());
+        assert!(cache.get_exact(&one[..one.len() - 1]).is_none());
+        for id in [
+            "1.0",
+            "-1",
+            "01",
+            "null",
+            "\"a\\\"b\"",
+            "[1]",
+            "1234567890123456789",
+        ] {
+            assert!(cache.get_exact(&body(id, "0x1")).is_none(), "{id}");
+        }
+        // A response that does not start with the id as written is not kept.
+        cache.put_exact(&body("7", "0x3"), exact("8", "\"r3\""));
+        assert!(cache.get_exact(&body("7", "0x3")).is_none());
         assert_eq!(cache.len(), 1);
-        // At most an eighth of the entries (10), and of the bytes (1 KiB).
-        for i in 0..20u32 {
-            cache.put_exact(&i.to_be_bytes(), exact("1", "r"));
+        // At most an eighth of the entries (10), and of the bytes (4 KiB).
+        for i in 0..20 {
+            cache.put_exact(&body("1", &format!("{i:#x}")), exact("1", "\"r\""));
         }
         assert_eq!(cache.len(), 10);
-        let big: &'static str = Box::leak("x".repeat(2000).into_boxed_str());
-        cache.put_exact(b"big", exact("1", big));
-        assert!(cache.get_exact(b"big").is_none(), "larger than its share");
-        assert!(cache.get_exact(&vec![b' '; MAX_EXACT_BODY + 1]).is_none());
-        cache.put_exact(&vec![b' '; MAX_EXACT_BODY + 1], exact("1", "r"));
-        assert!(cache.get_exact(&vec![b' '; MAX_EXACT_BODY + 1]).is_none());
-        assert!(cache.bytes() <= 1024);
+        let big = format!("\"{}\"", "x".repeat(5000));
+        cache.put_exact(&body("1", "0xbig"), exact("1", &big));
+        assert!(
+            cache.get_exact(&body("1", "0xbig")).is_none(),
+            "larger than its share"
+        );
+        let long = body("1", &"0".repeat(MAX_EXACT_BODY));
+        cache.put_exact(&long, exact("1", "\"r\""));
+        assert!(cache.get_exact(&long).is_none());
+        assert!(cache.bytes() <= 4096);
         // Dropping what is held by scope leaves whole responses alone
         // (they are only ever stored for immutable answers).
         cache.new_head();

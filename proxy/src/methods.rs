@@ -4,7 +4,7 @@
 //! | class | methods |
 //! |---|---|
 //! | local | `eth_chainId`, `lux_stakingContract`, `net_version`, `eth_blockNumber`, `eth_syncing`, `eth_gasPrice`, `eth_maxPriorityFeePerGas`, `web3_*`, `net_*`, `eth_accounts`, uncle counts |
-//! | verified block data | blocks, headers, transactions, receipts, `eth_getLogs`, `eth_feeHistory` (no percentiles), `lux_getRawHeader`/`lux_getRawBlock` |
+//! | verified block data | blocks, headers, transactions, receipts, `eth_getLogs`, `eth_feeHistory` (rewards from verified receipts), `lux_getRawHeader`/`lux_getRawBlock` |
 //! | verified state | `eth_getBalance`, `eth_getTransactionCount`, `eth_getCode`, `eth_getStorageAt`, `eth_getProof` (EIP-1186 against the verified state root) |
 //! | self-verifying | `lux_getEpochUpdates`, `lux_getCertifiedHeader`, `lux_getValidatorSet` (signed or hash-committed data its reader checks) |
 //! | bounded | `eth_estimateGas` (must lie between 21,000 and the head's gas limit), pending nonces (at least the proven nonce) |
@@ -17,7 +17,7 @@ use crate::rpc::{Answer, RpcFailure, Trust};
 use crate::transport::CallError;
 use crate::verify;
 use alloy_eips::{BlockId, BlockNumberOrTag};
-use alloy_primitives::{Address, B256, Bytes, U64, U256};
+use alloy_primitives::{Address, B256, Bytes, U64, U128, U256};
 use alloy_rpc_types_eth::Filter;
 use futures::FutureExt;
 use luxtensor_light::{SignedHeader, SignedTransaction};
@@ -841,10 +841,9 @@ async fn fee_history(proxy: &Arc<Proxy>, p: &Params<'_>) -> Computed {
     };
     let newest: BlockNumberOrTag = p.required(1)?;
     let percentiles: Option<Vec<f64>> = p.optional(2)?;
-    if percentiles.as_ref().is_some_and(|ps| !ps.is_empty()) {
-        return Err(RpcFailure::unverifiable(
-            "eth_feeHistory with reward percentiles is not served verified; ask without percentiles (base fees and gas ratios are verified)".into(),
-        ));
+    if let Some(ps) = &percentiles {
+        luxtensor_light::fee::check_reward_percentiles(ps)
+            .map_err(|e| RpcFailure::invalid_params(e.to_string()))?;
     }
     let Some((newest, _)) = header_for_tag(proxy, newest).await? else {
         return Err(RpcFailure::invalid_params(
@@ -852,7 +851,10 @@ async fn fee_history(proxy: &Arc<Proxy>, p: &Params<'_>) -> Computed {
         ));
     };
     let count = count.to::<u64>().min(1024).min(newest.number + 1);
-    let mut history = alloy_rpc_types_eth::FeeHistory::default();
+    let mut history = alloy_rpc_types_eth::FeeHistory {
+        reward: percentiles.as_ref().map(|_| Vec::new()),
+        ..Default::default()
+    };
     if count == 0 {
         return local(text(&history));
     }
@@ -870,6 +872,9 @@ async fn fee_history(proxy: &Arc<Proxy>, p: &Params<'_>) -> Computed {
         history
             .gas_used_ratio
             .push(h.gas_used as f64 / h.gas_limit.max(1) as f64);
+        if let (Some(ps), Some(rewards)) = (&percentiles, &mut history.reward) {
+            rewards.push(block_rewards(proxy, &h, ps).await?);
+        }
         last = Some(h);
     }
     if let Some(last) = last {
@@ -878,6 +883,32 @@ async fn fee_history(proxy: &Arc<Proxy>, p: &Params<'_>) -> Computed {
             .push(u128::from(next_base_fee(&last)));
     }
     verified(text(&history), Scope::Head)
+}
+
+/// The tips at the given percentiles of one verified block, from its
+/// verified receipts (each receipt's effective gas price and gas used are
+/// checked against the block's transactions and receipts root).
+async fn block_rewards(
+    proxy: &Arc<Proxy>,
+    header: &SignedHeader,
+    percentiles: &[f64],
+) -> Result<Vec<u128>, RpcFailure> {
+    let receipts = proxy.receipts(header).await?;
+    let base = u128::from(header.base_fee_per_gas);
+    let tips = receipts
+        .iter()
+        .map(|r| {
+            let field = |name| {
+                r.get(name)
+                    .and_then(|v| serde_json::from_value::<U128>(v.clone()).ok())
+                    .map(|v| v.to::<u128>())
+                    .unwrap_or_default()
+            };
+            let gas = u64::try_from(field("gasUsed")).unwrap_or(u64::MAX);
+            (field("effectiveGasPrice").saturating_sub(base), gas)
+        })
+        .collect();
+    Ok(luxtensor_light::fee::reward_percentiles(tips, percentiles))
 }
 
 #[cfg(test)]

@@ -54,6 +54,11 @@ pub struct ProxyConfig {
     pub ws_send_queue: usize,
     /// Largest request body or WebSocket message (default 5 MiB).
     pub max_body_bytes: usize,
+    /// An HTTP client that has not sent its whole request head this long
+    /// is disconnected (default 30 s, as hyper's; slow-loris). The clock
+    /// runs from the end of the previous request, so it also closes idle
+    /// keep-alive connections.
+    pub header_read_timeout: Duration,
     /// Most calls in one batch (default 1,000).
     pub max_batch_len: usize,
     /// Most blocks one `eth_getLogs` covers (default 10,000).
@@ -93,6 +98,7 @@ impl Default for ProxyConfig {
             max_subscriptions_per_connection: 1_000,
             ws_send_queue: 1_024,
             max_body_bytes: 5 << 20,
+            header_read_timeout: Duration::from_secs(30),
             max_batch_len: 1_000,
             max_logs_range: 10_000,
             max_logs: 10_000,

@@ -155,6 +155,132 @@ pub fn parse_call(value: Value) -> Parsed {
 }
 
 /// A response object as text.
+/// How every answer to a single call starts; the id's JSON text follows.
+pub const RESPONSE_PREFIX: &str = r#"{"jsonrpc":"2.0","id":"#;
+
+/// Where the id's value is in a body that is one JSON object whose `"id"`
+/// member is a plain id: an integer of at most 18 digits, or a string of
+/// at most 64 characters without escapes. `None` for anything else (a
+/// batch, no id, an escaped key, a second `"id"`, malformed JSON): such a
+/// body is not answered by splicing its id into a kept response.
+pub fn id_span(body: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut scan = Scan { body, at: 0 };
+    scan.expect(b'{')?;
+    let mut found = None;
+    loop {
+        scan.expect(b'"')?;
+        let key = scan.string_rest()?;
+        scan.expect(b':')?;
+        scan.skip_ws();
+        let start = scan.at;
+        scan.value()?;
+        if key == b"id" {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(start..scan.at);
+        }
+        scan.skip_ws();
+        match scan.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    let span = found?;
+    plain_id(&body[span.clone()]).then_some(span)
+}
+
+fn plain_id(id: &[u8]) -> bool {
+    match id {
+        [b'"', inner @ .., b'"'] => {
+            inner.len() <= 64 && inner.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\')
+        }
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.len() < 18 && rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// A forward-only scanner over the top level of one JSON object (enough
+/// to find its members' spans; values are skipped, not checked).
+struct Scan<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn skip_ws(&mut self) {
+        while self
+            .body
+            .get(self.at)
+            .is_some_and(|c| b" \t\r\n".contains(c))
+        {
+            self.at += 1;
+        }
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = *self.body.get(self.at)?;
+        self.at += 1;
+        Some(c)
+    }
+
+    fn expect(&mut self, want: u8) -> Option<()> {
+        self.skip_ws();
+        (self.next()? == want).then_some(())
+    }
+
+    /// The rest of a string after its opening quote; `None` if it has escapes.
+    fn string_rest(&mut self) -> Option<&'a [u8]> {
+        let start = self.at;
+        loop {
+            match self.next()? {
+                b'"' => return Some(&self.body[start..self.at - 1]),
+                b'\\' => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips one value: a string, an object or array (nesting counted,
+    /// strings inside skipped), or a scalar up to the next delimiter.
+    fn value(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            match *self.body.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    loop {
+                        match self.next()? {
+                            b'"' => break,
+                            b'\\' => {
+                                self.next()?;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    self.at += 1;
+                }
+                b'}' | b']' if depth > 0 => {
+                    depth -= 1;
+                    self.at += 1;
+                }
+                b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n' if depth == 0 => break,
+                _ => self.at += 1,
+            }
+            if depth == 0 && matches!(self.body.get(self.at - 1), Some(b'"' | b'}' | b']')) {
+                break;
+            }
+        }
+        Some(())
+    }
+}
+
+/// One call's answer as text.
 pub fn response(id: &str, answer: &Answer) -> String {
     match answer {
         Ok((result, Trust::Verified)) => {
@@ -254,5 +380,51 @@ mod tests {
         assert_eq!(v["error"]["code"], -32004);
         assert_eq!(join(true, vec!["1".into(), "2".into()]).unwrap(), "[1,2]");
         assert_eq!(join(true, vec![]), None);
+    }
+
+    #[test]
+    fn the_id_span_is_found_only_for_plain_ids_of_one_object() {
+        fn span(b: &str) -> Option<&str> {
+            id_span(b.as_bytes()).map(|r| &b[r])
+        }
+        assert_eq!(
+            span(r#"{"jsonrpc":"2.0","id":42,"method":"m"}"#),
+            Some("42")
+        );
+        assert_eq!(
+            span(r#" { "id" : "a-1" , "params":[{"id":1},"}"]} "#),
+            Some(r#""a-1""#)
+        );
+        assert_eq!(
+            span(r#"{"params":{"x":[1,{"id":2}]},"method":"m","id":0}"#),
+            Some("0")
+        );
+        assert_eq!(span(r#"{"p":"a\"b,\"id\":3","id":5}"#), Some("5"));
+        for body in [
+            r#"[{"id":1}]"#,
+            r#"{"method":"m"}"#,
+            r#"{"id":1,"id":2}"#,
+            r#"{"\u0069d":1}"#,
+            r#"{"id":1.5}"#,
+            r#"{"id":-1}"#,
+            r#"{"id":null}"#,
+            r#"{"id":"a\"b"}"#,
+            r#"{"id":}"#,
+            r#"{"id":1"#,
+            r#"{"id":1 2}"#,
+            "",
+            "{",
+        ] {
+            assert_eq!(span(body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn an_answer_starts_with_the_prefix_and_its_id() {
+        let text = response("\"x\"", &Ok(("1".into(), Trust::Verified)));
+        assert!(
+            text.starts_with(&format!("{RESPONSE_PREFIX}\"x\",")),
+            "{text}"
+        );
     }
 }

@@ -11,10 +11,11 @@
 //! A repeated request for final data is answered from its exact bytes:
 //! when a single call's answer is [`Scope::Immutable`] (a block, a
 //! transaction or a receipt at or below the verified final head), the whole
-//! response is kept under the exact request body
+//! response is kept under the request body without its id
 //! ([`Cache::put_exact`](crate::cache::Cache::put_exact)), and
-//! the same body again is answered with those bytes before any JSON is
-//! parsed, after the API key and the client's rate limit, counted as a call
+//! the same body again, with any plain id, is answered with those bytes
+//! (that id spliced in) before any JSON is parsed, after the API key and
+//! the client's rate limit, counted as a call
 //! and as a cache hit of its method like any other. Nothing that can change
 //! (`latest`, pending, a block above the final head, filters,
 //! subscriptions) is ever kept there, nor a batch, an error or a forwarded
@@ -215,14 +216,16 @@ async fn serve_rpc(listener: TcpListener, proxy: Arc<Proxy>, router: Router) {
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let router = router.clone();
+        let header_read_timeout = proxy.config.header_read_timeout;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 route(proxy.clone(), router.clone(), peer, request)
             });
-            // No header read timeout (it would need a timer per request),
-            // as before under `axum::serve`.
+            // A client that does not finish its request headers within the
+            // timeout is disconnected (slow-loris).
             let _ = hyper::server::conn::http1::Builder::new()
-                .header_read_timeout(None)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
                 .await;

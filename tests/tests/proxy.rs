@@ -209,6 +209,15 @@ async fn proxy_serves_verified_data_and_never_serves_a_lie() {
     let logs = rpc.result("eth_getLogs", logs_filter.clone()).await;
     assert!(!logs.as_array().unwrap().is_empty(), "the stake's log");
     assert_eq!(logs, node.result("eth_getLogs", logs_filter.clone()).await);
+    // Fee history with reward percentiles, from verified receipts: the node's answer.
+    let fee_params = json!(["0x4", stake_block, [10.0, 50.0, 90.0]]);
+    let fees = rpc.result("eth_feeHistory", fee_params.clone()).await;
+    assert_eq!(fees["reward"].as_array().map(Vec::len), Some(4), "{fees}");
+    assert_eq!(fees, node.result("eth_feeHistory", fee_params).await);
+    let (code, _) = rpc
+        .error("eth_feeHistory", json!(["0x4", stake_block, [90.0, 10.0]]))
+        .await;
+    assert_eq!(code, -32602, "percentiles out of order");
     // Strict mode refuses what it cannot verify.
     let (code, _) = rpc.error("eth_call", json!([{"to": bob}, "latest"])).await;
     assert_eq!(code, -32004);
@@ -480,15 +489,25 @@ async fn fan_out_survives_the_subscription_upstream_dying() {
             key.proof_of_possession(spec.chain_id).as_slice(),
         ),
     );
-    node.result("eth_sendRawTransaction", json!([stake])).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stake_hash = node.result("eth_sendRawTransaction", json!([stake])).await;
+    receipt(&mut node, &stake_hash).await;
     assert_eq!(
         running.proxy.counters.upstream_subscriptions[0].load(std::sync::atomic::Ordering::Relaxed),
         1,
         "one upstream newHeads subscription for all clients"
     );
     relay.cut();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The exit goes in a block after the cut.
+    let at_cut = hex_u64(&node.result("eth_blockNumber", json!([])).await);
+    wait_for(
+        "a block after the cut",
+        Duration::from_secs(10),
+        async || {
+            let n = hex_u64(&node.result("eth_blockNumber", json!([])).await);
+            (n > at_cut).then_some(())
+        },
+    )
+    .await;
     let exit = call(1, U256::ZERO, request_exit_calldata());
     node.result("eth_sendRawTransaction", json!([exit])).await;
     let mut seen_logs = 0;
@@ -694,9 +713,10 @@ async fn the_trusted_state_survives_a_restart_and_a_ws_only_address_serves() {
 }
 
 /// A repeated request for final data is answered from the exact bytes of
-/// the first answer (before any parsing), and those bytes are the ones the
-/// ordinary path gives; a block above the final head, `latest`, an answer
-/// `null` and another body are not answered from them; such an answer
+/// the first answer (before any parsing; another plain id spliced in), and
+/// those bytes are the ones the ordinary path gives; a block above the
+/// final head, `latest`, an answer `null`, an escaped id and another body
+/// are not answered from them; such an answer
 /// still counts as a call and a cache hit, and the client's rate limit
 /// still applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -744,12 +764,22 @@ async fn repeated_requests_for_final_data_are_answered_from_their_exact_bytes() 
     assert_eq!(again.body, first.body, "recomputed: the same bytes");
     assert!(kept(body));
 
-    // Another body (another id) is answered the ordinary way, with its id.
+    // The same call with another id: the kept bytes with that id spliced in.
     let other =
         br#"{"jsonrpc":"2.0","id":"x","method":"eth_getBlockByNumber","params":["0x2",true]}"#;
-    assert!(!kept(other));
-    let answer = http.post(other).await.json();
-    assert_eq!(answer["id"], "x");
+    assert!(kept(other));
+    let answer = http.post(other).await;
+    let expected =
+        String::from_utf8(first.body.clone())
+            .unwrap()
+            .replacen(r#""id":7,"#, r#""id":"x","#, 1);
+    assert_eq!(String::from_utf8(answer.body).unwrap(), expected);
+    // An id that is not plain (an escape in it) is answered the ordinary way.
+    let escaped =
+        br#"{"jsonrpc":"2.0","id":"a\"b","method":"eth_getBlockByNumber","params":["0x2",true]}"#;
+    assert!(!kept(escaped));
+    let answer = http.post(escaped).await.json();
+    assert_eq!(answer["id"], "a\"b", "{answer}");
     assert_eq!(answer["result"], first.json()["result"]);
     // A batch, `latest`, and a block beyond the head are not kept.
     let batch = format!("[{}]", String::from_utf8_lossy(body));
@@ -800,5 +830,49 @@ async fn repeated_requests_for_final_data_are_answered_from_their_exact_bytes() 
     assert!(
         !metrics.contains("lux_proxy_rate_limited_total 0"),
         "{metrics}"
+    );
+}
+
+/// Slow-loris: a client that starts a request and never finishes its head
+/// is disconnected after `header_read_timeout`, while another client is
+/// served meanwhile. (No upstream answers here: `eth_chainId` is local.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut spec = luxtensor_light::ChainSpec::devnet(4);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    spec.genesis_timestamp = now.unwrap().as_secs();
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let nobody = format!(
+        "http://127.0.0.1:{}",
+        luxtensor_full::node::devnet::free_port().unwrap()
+    );
+    let running = luxtensor_proxy::start(config, spec.clone(), None, vec![nobody])
+        .await
+        .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(running.bound.rpc)
+        .await
+        .unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: proxy\r\nContent-Type: applic")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut http = HttpClient::connect(running.bound.rpc).await;
+    assert_eq!(
+        http.result("eth_chainId", json!([])).await,
+        json!(format!("{:#x}", spec.chain_id))
+    );
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "the slow client was not disconnected"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout"
     );
 }

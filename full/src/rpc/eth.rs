@@ -821,20 +821,8 @@ fn fee_history(state: &RpcState, p: &Params<'_>) -> Result<String, RpcError> {
     let newest: BlockNumberOrTag = p.required(1)?;
     let percentiles: Option<Vec<f64>> = p.optional(2)?;
     if let Some(ps) = &percentiles {
-        if ps.len() > 100 {
-            return Err(RpcError::InvalidParams(
-                "too many reward percentiles (most 100)".into(),
-            ));
-        }
-        let mut previous = 0.0;
-        for (i, &pct) in ps.iter().enumerate() {
-            if !(0.0..=100.0).contains(&pct) || (i > 0 && pct < previous) {
-                return Err(RpcError::InvalidParams(format!(
-                    "invalid reward percentile: {pct}"
-                )));
-            }
-            previous = pct;
-        }
+        luxtensor_light::fee::check_reward_percentiles(ps)
+            .map_err(|e| RpcError::InvalidParams(e.to_string()))?;
     }
     let Some(newest) = resolve_number(state, newest) else {
         return Err(RpcError::InvalidParams(
@@ -882,7 +870,7 @@ fn fee_history(state: &RpcState, p: &Params<'_>) -> Result<String, RpcError> {
 fn block_rewards(block: &Block, receipts: &[Receipt], percentiles: &[f64]) -> Vec<u128> {
     let base = block.header.base_fee_per_gas;
     let mut previous = 0;
-    let mut tips: Vec<(u128, u64)> = block
+    let tips = block
         .transactions
         .iter()
         .zip(receipts)
@@ -896,23 +884,5 @@ fn block_rewards(block: &Block, receipts: &[Receipt], percentiles: &[f64]) -> Ve
             (tip, gas)
         })
         .collect();
-    if tips.is_empty() {
-        return vec![0; percentiles.len()];
-    }
-    tips.sort_unstable();
-    let total: u64 = tips.iter().map(|t| t.1).sum();
-    percentiles
-        .iter()
-        .map(|p| {
-            let threshold = (total as f64 * p / 100.0) as u64;
-            let mut sum = 0;
-            for (tip, gas) in &tips {
-                sum += gas;
-                if sum >= threshold {
-                    return *tip;
-                }
-            }
-            tips.last().map_or(0, |t| t.0)
-        })
-        .collect()
+    luxtensor_light::fee::reward_percentiles(tips, percentiles)
 }
