@@ -18,10 +18,15 @@
 //! - a certified block whose certified child sits in the very next slot is
 //!   final, with its ancestors;
 //! - two votes or two proposals by one validator in one slot become evidence,
-//!   which the next proposals include.
+//!   which the next proposals include. Evidence is gossiped: whoever detects
+//!   an offence first broadcasts its proof, and every node that receives a
+//!   proof it did not hold checks it (the rules a block's evidence obeys,
+//!   [`execution::check_evidence`]), keeps it for its own proposals and
+//!   passes it on once. So an equivocator is slashed even when the only
+//!   honest witness never proposes while the proof is admissible.
 
 use crate::block_tree::{BlockTree, TreeError, TreeNode};
-use crate::execution::{self, Candidates, EpochPosition};
+use crate::execution::{self, Candidates, EpochPosition, EvidenceRejection};
 use crate::mempool::{Mempool, MempoolConfig};
 use crate::slashing_protection::{SigningRequest, SlashingProtection};
 use crate::state::ChainState;
@@ -44,6 +49,10 @@ fn offence_of(evidence: &Evidence) -> Offence {
         Evidence::DoubleProposal(e) => (e.first.epoch, e.first.proposer_index, e.first.slot),
     }
 }
+
+/// Slots between two broadcasts of one pending proof that blocks keep
+/// leaving out (see `Engine::resend_missing_evidence`).
+pub const EVIDENCE_RESEND_SLOTS: u64 = 2;
 
 /// Most (slot, voter) pairs remembered for double-vote detection while
 /// finality stalls (pruned at every finalization).
@@ -94,6 +103,9 @@ pub enum Message {
     Certificate(QuorumCert),
     /// A request for a block the sender is missing.
     BlockRequest(B256),
+    /// Proof of a slashable offence, gossiped so that any proposer can
+    /// include it (see [`Engine::handle_evidence`]).
+    Evidence(Evidence),
 }
 
 /// What the engine asks its driver to do.
@@ -103,7 +115,9 @@ pub enum Action {
     Broadcast(Message),
     /// These blocks are final, oldest first: persist them.
     Finalized(Vec<Block>),
-    /// Slashable misbehaviour was seen (it will be included in a block).
+    /// Slashable misbehaviour was seen or received, and its proof checked
+    /// (it will be included in a block; it is also broadcast as
+    /// [`Message::Evidence`]).
     Misbehaviour {
         /// The proof.
         evidence: Evidence,
@@ -159,6 +173,10 @@ pub struct EngineStats {
     pub invalid_blocks: u64,
     /// Signatures the slashing protection refused.
     pub refused_by_protection: u64,
+    /// Gossiped proofs of offences this engine did not hold, checked and kept.
+    pub evidence_received: u64,
+    /// Gossiped proofs refused as faulty (forged or inconsistent).
+    pub invalid_evidence: u64,
 }
 
 /// One validator's (or observer's) consensus state machine.
@@ -187,7 +205,11 @@ pub struct Engine {
     /// Valid blocks accepted per (slot, proposer index): at most two (enough
     /// to follow either side of an equivocation and to prove it).
     blocks_per_proposer: HashMap<(u64, u32), u8>,
-    evidence: Vec<Evidence>,
+    /// Pending evidence (detected here or received and checked), with the
+    /// slot it was last broadcast in: at most one proof per offence and at
+    /// most `config.max_pending` in all; it leaves when a finalized block
+    /// punishes its offence or it gets too old.
+    evidence: Vec<(Evidence, u64)>,
     /// Offences (epoch, offender index, slot) punished by finalized blocks:
     /// evidence of them is not proposed again.
     punished: HashSet<Offence>,
@@ -292,27 +314,53 @@ impl Engine {
     }
 
     /// Evidence reported from outside (a light client that caught an
-    /// equivocation, through the RPC). It is checked against the set of its
-    /// epoch (the head's or the finalized block's) before the next proposal
-    /// may include it.
-    pub fn submit_evidence(&mut self, evidence: Evidence) -> Result<(), String> {
-        let epoch = evidence.epoch();
-        let set = [self.tree.highest_certified(), self.tree.root()]
-            .into_iter()
-            .find(|node| node.block.header.epoch == epoch)
-            .map(|node| node.epoch_set.clone())
-            .ok_or_else(|| format!("evidence of epoch {epoch} is too old or too new"))?;
-        let owner = evidence
-            .verify(&set, self.spec.chain_id)
-            .map_err(|e| e.to_string())?;
-        let offender = set
-            .validators()
-            .iter()
-            .find(|v| v.owner == owner)
-            .map(|v| v.public_key)
-            .ok_or("offender is not in the set")?;
-        self.record_evidence(evidence, offender);
-        Ok(())
+    /// equivocation, through the RPC). It is checked like gossiped evidence
+    /// ([`Self::handle_evidence`]) before the next proposal may include it,
+    /// and gossiped if it is new.
+    pub fn submit_evidence(&mut self, evidence: Evidence) -> Result<(), EvidenceRejection> {
+        self.handle_evidence(evidence).map(|_| ())
+    }
+
+    /// Evidence from a peer (or submitted). Unless this engine already holds
+    /// a proof of the same offence (offender and slot), it is checked with
+    /// the rules evidence in a block obeys, on the state of the block the
+    /// next proposal builds on ([`execution::check_evidence`]: signatures
+    /// under the set of its epoch, one slot, two different messages, an
+    /// admissible epoch, an offence not punished yet). A valid new proof is
+    /// kept for the next proposals and broadcast once more; returns whether
+    /// it was new. An error that [`EvidenceRejection::is_fault`] means the
+    /// sender sent a forged or inconsistent proof; other errors mean it is
+    /// merely untimely here (stale, punished already, of an epoch this
+    /// engine does not know).
+    pub fn handle_evidence(&mut self, evidence: Evidence) -> Result<bool, EvidenceRejection> {
+        if self.holds_offence(&offence_of(&evidence))
+            || self.evidence.len() >= self.config.max_pending
+        {
+            return Ok(false);
+        }
+        let head = self.tree.highest_certified();
+        let offender = execution::check_evidence(
+            &head.state,
+            &evidence,
+            self.spec.chain_id,
+            Some(&self.verified),
+        )
+        .inspect_err(|e| {
+            if e.is_fault() {
+                self.stats.invalid_evidence += 1;
+            }
+        })?;
+        let new = self.record_evidence(evidence, offender.public_key);
+        if new {
+            self.stats.evidence_received += 1;
+        }
+        Ok(new)
+    }
+
+    /// Whether a proof of `offence` is pending here or was finalized.
+    fn holds_offence(&self, offence: &Offence) -> bool {
+        self.punished.contains(offence)
+            || self.evidence.iter().any(|(e, _)| offence_of(e) == *offence)
     }
 
     /// Checks signatures through `cache` from now on: votes, QCs and seals
@@ -499,17 +547,13 @@ impl Engine {
         }
         // Offences already punished on this branch would be refused after
         // two pairings each: leave them out.
-        let mut punished = self.punished.clone();
-        let mut cursor = Some(parent);
-        while let Some(node) = cursor.filter(|n| n.hash() != self.tree.root().hash()) {
-            punished.extend(node.block.evidence.iter().map(offence_of));
-            cursor = self.tree.get(&node.block.header.parent_hash);
-        }
+        let punished = self.offences_on_branch(parent);
         let candidates = Candidates {
             transactions,
             evidence: self
                 .evidence
                 .iter()
+                .map(|(e, _)| e)
                 .filter(|e| !punished.contains(&offence_of(e)))
                 .cloned()
                 .collect(),
@@ -547,6 +591,11 @@ impl Engine {
             Message::Vote { epoch, vote } => self.handle_vote(epoch, vote),
             Message::Certificate(qc) => self.handle_certificate(qc, false),
             Message::BlockRequest(hash) => self.handle_request(hash),
+            Message::Evidence(evidence) => {
+                // Refused evidence is dropped; the node's driver calls
+                // `handle_evidence` itself to penalise the sender.
+                let _ = self.handle_evidence(evidence);
+            }
         }
     }
 
@@ -587,6 +636,7 @@ impl Engine {
                 self.note_certificate(&parent_qc);
                 self.on_finalized(finalized);
                 self.detect_double_proposal(hash, &block);
+                self.resend_missing_evidence(hash);
                 self.maybe_vote(hash, &block);
                 self.replay_waiting(hash);
             }
@@ -694,16 +744,76 @@ impl Engine {
         }
     }
 
-    fn record_evidence(&mut self, evidence: Evidence, offender: BlsPublicKey) {
-        if self.evidence.contains(&evidence) || self.evidence.len() >= self.config.max_pending {
-            return;
+    /// Keeps a proof (detected here, or received and checked) unless one of
+    /// the same offence is held or the pool is full; a kept proof is
+    /// reported and broadcast, once. Returns whether it was kept.
+    fn record_evidence(&mut self, evidence: Evidence, offender: BlsPublicKey) -> bool {
+        if self.holds_offence(&offence_of(&evidence))
+            || self.evidence.len() >= self.config.max_pending
+        {
+            return false;
         }
-        let action = Action::Misbehaviour {
+        self.actions
+            .push_back(Action::Broadcast(Message::Evidence(evidence.clone())));
+        self.actions.push_back(Action::Misbehaviour {
             evidence: evidence.clone(),
             offender,
+        });
+        let slot = self.slot_at(self.now_ms);
+        self.evidence.push((evidence, slot));
+        true
+    }
+
+    /// Offences punished on the branch ending at `tip` (its blocks above the
+    /// root) or by finalized blocks.
+    fn offences_on_branch(&self, tip: &TreeNode) -> HashSet<Offence> {
+        let mut punished = self.punished.clone();
+        let root = self.tree.root().hash();
+        let mut cursor = Some(tip);
+        while let Some(node) = cursor.filter(|n| n.hash() != root) {
+            punished.extend(node.block.evidence.iter().map(offence_of));
+            cursor = self.tree.get(&node.block.header.parent_hash);
+        }
+        punished
+    }
+
+    /// A fresh block by another proposer arrived without pending evidence
+    /// that its branch does not punish yet: its proposer likely never got
+    /// the proof (it was sent while a partition or loss cut them off, and
+    /// gossip does not resend), so broadcast it again, at most once every
+    /// [`EVIDENCE_RESEND_SLOTS`] slots per proof. In a healthy network the
+    /// next block includes the proof and this never fires.
+    fn resend_missing_evidence(&mut self, hash: B256) {
+        if self.evidence.is_empty() {
+            return;
+        }
+        let Some(node) = self.tree.get(&hash) else {
+            return;
         };
-        self.actions.push_back(action);
-        self.evidence.push(evidence);
+        let current = self.slot_at(self.now_ms);
+        if node.block.header.slot != current || node.block.header.is_genesis() {
+            return;
+        }
+        let proposer = node
+            .epoch_set
+            .get(node.block.header.proposer_index as usize)
+            .map(|v| v.public_key);
+        if proposer.is_none() || proposer == self.public_key {
+            return;
+        }
+        let punished = self.offences_on_branch(node);
+        let mut resend = Vec::new();
+        for (evidence, sent) in &mut self.evidence {
+            if !punished.contains(&offence_of(evidence)) && current >= *sent + EVIDENCE_RESEND_SLOTS
+            {
+                *sent = current;
+                resend.push(evidence.clone());
+            }
+        }
+        for evidence in resend {
+            self.actions
+                .push_back(Action::Broadcast(Message::Evidence(evidence)));
+        }
     }
 
     fn maybe_vote(&mut self, hash: B256, block: &Block) {
@@ -1105,7 +1215,7 @@ impl Engine {
         self.punished.retain(|(epoch, _, _)| *epoch >= oldest);
         let punished = &self.punished;
         self.evidence
-            .retain(|e| e.epoch() >= oldest && !punished.contains(&offence_of(e)));
+            .retain(|(e, _)| e.epoch() >= oldest && !punished.contains(&offence_of(e)));
         let root_state = &self.tree.root().state;
         for block in &finalized {
             for tx in &block.transactions {
@@ -1275,6 +1385,102 @@ mod tests {
         let path = dir.path().join("protection");
         let _running = DiskSlashingProtection::open(&path).unwrap();
         assert!(DiskSlashingProtection::open(&path).is_err());
+    }
+
+    #[test]
+    fn gossiped_evidence_is_checked_kept_once_passed_on_once_and_proposed() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let slot = 1;
+        let proposer = set.proposer_index(slot) as u32;
+        let offender = (proposer + 1) % 4;
+        let forger = (proposer + 2) % 4;
+        let id = spec.chain_id;
+        let vote = |signer: u32, byte: u8| {
+            let mut vote = Vote::sign(
+                &devnet_validator_key(signer),
+                id,
+                slot,
+                B256::repeat_byte(byte),
+                signer,
+            );
+            vote.validator_index = offender; // a forgery when signer differs
+            vote
+        };
+        let double_vote = |first: Vote, second: Vote| {
+            Evidence::DoubleVote(Box::new(DoubleVote {
+                epoch: 0,
+                first,
+                second,
+            }))
+        };
+        let evidence = double_vote(vote(offender, 1), vote(offender, 2));
+        let mut node = engine(
+            &spec,
+            proposer,
+            Box::new(MemorySlashingProtection::default()),
+        );
+        let now = 1000 * spec.genesis_timestamp + slot * spec.slot_duration_ms;
+        node.handle_tick(now);
+        drain(&mut node);
+
+        // Invalid proofs are refused as faults: a forged signature, and two
+        // messages that do not conflict. Nothing is kept or sent.
+        for forged in [
+            double_vote(vote(offender, 1), vote(forger, 2)),
+            double_vote(vote(offender, 1), vote(offender, 1)),
+        ] {
+            let rejection = node.handle_evidence(forged).unwrap_err();
+            assert!(rejection.is_fault(), "{rejection}");
+        }
+        assert_eq!(node.stats().invalid_evidence, 2);
+        // Evidence about an epoch this chain has not reached is untimely, not faulty.
+        let future = Evidence::DoubleVote(Box::new(DoubleVote {
+            epoch: 9,
+            first: vote(offender, 1),
+            second: vote(offender, 2),
+        }));
+        assert!(!node.handle_evidence(future).unwrap_err().is_fault());
+        assert!(drain(&mut node).is_empty());
+
+        // A valid new proof is kept, reported and passed on once.
+        assert_eq!(node.handle_evidence(evidence.clone()), Ok(true));
+        let actions = drain(&mut node);
+        let sent: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Broadcast(Message::Evidence(e)) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![evidence.clone()]);
+        let accused: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Misbehaviour { offender, .. } => Some(*offender),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(accused, vec![devnet_validator_key(offender).public_key()]);
+        assert_eq!(node.stats().evidence_received, 1);
+
+        // The same proof again, or another proof of the same offence
+        // (offender and slot), is not kept or sent again: no gossip storm.
+        assert_eq!(node.handle_evidence(evidence.clone()), Ok(false));
+        let other = double_vote(vote(offender, 2), vote(offender, 3));
+        node.handle_message(Message::Evidence(other));
+        assert!(drain(&mut node).is_empty());
+
+        // The proposer's next block carries it.
+        node.handle_tick(now + spec.slot_duration_ms / 2);
+        let block = drain(&mut node)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Broadcast(Message::Proposal(b)) => Some(*b),
+                _ => None,
+            })
+            .expect("the proposer of slot 1 proposes");
+        assert_eq!(block.evidence, vec![evidence]);
     }
 
     #[test]

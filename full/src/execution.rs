@@ -170,7 +170,7 @@ pub enum BlockError {
         /// Position in the block.
         index: usize,
         /// What is wrong.
-        reason: String,
+        reason: EvidenceRejection,
     },
     /// The caller gave a sender list of the wrong length.
     #[error("{senders} senders for {transactions} transactions")]
@@ -484,59 +484,174 @@ fn spec_epoch_of(state: &ChainState, slot: u64) -> u64 {
     slot / state.rotation().config().epoch_length.max(1)
 }
 
-/// Slashes the offender named by valid, fresh, not yet punished evidence.
-fn apply_evidence(
-    state: &mut ChainState,
+/// Why evidence cannot slash on a given state: the evidence is bad (see
+/// [`EvidenceRejection::is_fault`]), or merely untimely on this state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvidenceRejection {
+    /// The state's rotation refuses evidence this old.
+    #[error("evidence about epoch {epoch}: {source}")]
+    TooOld {
+        /// The epoch the evidence names.
+        epoch: u64,
+        /// The rotation's rule.
+        source: RotationError,
+    },
+    /// The state knows the sets of its current and previous epoch only.
+    #[error("evidence about epoch {epoch}: only the current and the previous epoch can be proven")]
+    UnknownEpoch {
+        /// The epoch the evidence names.
+        epoch: u64,
+    },
+    /// The evidence names a member its epoch's set does not have.
+    #[error("evidence names member {index}, outside the set of epoch {epoch}")]
+    OutsideSet {
+        /// The member index named.
+        index: u32,
+        /// The epoch the evidence names.
+        epoch: u64,
+    },
+    /// The epoch is not signed: it may not be after its slot's nominal epoch.
+    #[error("evidence claims epoch {epoch}, after its slot's epoch {nominal}")]
+    EpochAfterSlot {
+        /// The epoch the evidence names.
+        epoch: u64,
+        /// The nominal epoch of its slot.
+        nominal: u64,
+    },
+    /// This offence was punished on this chain already.
+    #[error("offence of {offender} at slot {slot} was already punished")]
+    AlreadyPunished {
+        /// The offender's owner address.
+        offender: Address,
+        /// The slot of the offence.
+        slot: u64,
+    },
+    /// The offender has no stake left.
+    #[error("{offender} has no stake left to slash")]
+    NothingToSlash {
+        /// The offender's owner address.
+        offender: Address,
+    },
+    /// The state's members of the epoch do not form a valid set.
+    #[error("the members of epoch {epoch} are not a valid set: {source}")]
+    NoSet {
+        /// The epoch the evidence names.
+        epoch: u64,
+        /// Why.
+        source: luxtensor_light::validator::SetError,
+    },
+    /// The signed messages do not prove an offence.
+    #[error("evidence does not prove an offence: {0}")]
+    Invalid(#[from] luxtensor_light::evidence::EvidenceError),
+}
+
+impl EvidenceRejection {
+    /// Whether the evidence itself is bad, on any honest node's state (a
+    /// forged or inconsistent proof), as opposed to merely stale, already
+    /// punished or about an epoch this state does not know: a peer that
+    /// gossips faulty evidence misbehaves; an honest peer may gossip
+    /// untimely evidence.
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::OutsideSet { .. } | Self::EpochAfterSlot { .. } | Self::Invalid(_)
+        )
+    }
+}
+
+/// What evidence would do to a state once checked: the rotation after the
+/// offence is recorded and the offender slashed, and how much was taken.
+#[derive(Debug)]
+struct Punishment {
+    offender: Validator,
+    rotation: crate::rotation::ValidatorRotation,
+    taken: U256,
+}
+
+/// Checks that `evidence` would slash on `state` (valid, fresh, about a
+/// member of the current or previous epoch's set, not yet punished, with
+/// stake left), without changing the state, and returns the offender as a
+/// member of its epoch's set. The same rules [`execute_block`] applies to evidence in a block:
+/// the consensus engine checks gossiped evidence with it before keeping it.
+/// With `cache`, signatures that passed a check before are not paired again.
+pub fn check_evidence(
+    state: &ChainState,
     evidence: &Evidence,
     chain_id: u64,
-) -> Result<Log, String> {
+    cache: Option<&std::sync::Mutex<luxtensor_light::qc::VerifiedCache>>,
+) -> Result<Validator, EvidenceRejection> {
+    judge_evidence(state, evidence, chain_id, cache).map(|p| p.offender)
+}
+
+fn judge_evidence(
+    state: &ChainState,
+    evidence: &Evidence,
+    chain_id: u64,
+    cache: Option<&std::sync::Mutex<luxtensor_light::qc::VerifiedCache>>,
+) -> Result<Punishment, EvidenceRejection> {
     let epoch = evidence.epoch();
     state
         .rotation()
         .check_evidence_age(epoch)
-        .map_err(|e| e.to_string())?;
-    let members = members_of_epoch(state, epoch).ok_or_else(|| {
-        format!(
-            "evidence about epoch {epoch}: only the current and the previous epoch can be proven"
-        )
-    })?;
+        .map_err(|source| EvidenceRejection::TooOld { epoch, source })?;
+    let members =
+        members_of_epoch(state, epoch).ok_or(EvidenceRejection::UnknownEpoch { epoch })?;
     // The cheap rules first: refusing evidence of an offence already
     // punished, or of a validator with nothing left, costs no pairing.
     let (index, slot) = match evidence {
         Evidence::DoubleVote(e) => (e.first.validator_index, e.first.slot),
         Evidence::DoubleProposal(e) => (e.first.proposer_index, e.first.slot),
     };
-    let (offender, stake) = members
+    let member = members
         .get(index as usize)
-        .map(|v| (v.owner, v.stake))
-        .ok_or_else(|| format!("evidence names member {index}, outside its epoch's set"))?;
+        .cloned()
+        .ok_or(EvidenceRejection::OutsideSet { index, epoch })?;
+    let (offender, stake) = (member.owner, member.stake);
     let nominal = spec_epoch_of(state, slot);
     if epoch > nominal {
-        return Err(format!(
-            "evidence claims epoch {epoch}, after its slot's epoch {nominal}"
-        ));
+        return Err(EvidenceRejection::EpochAfterSlot { epoch, nominal });
     }
     // Work on a copy so that refused evidence changes nothing.
     let mut rotation = state.rotation().clone();
     if !rotation.record_offence(offender, slot) {
-        return Err(format!(
-            "offence of {offender} at slot {slot} was already punished"
-        ));
+        return Err(EvidenceRejection::AlreadyPunished { offender, slot });
     }
     let penalty = stake / U256::from(SLASH_DIVISOR);
     let taken = rotation
         .slash_validator(&offender, penalty)
         .unwrap_or_default();
     if taken.is_zero() {
-        return Err(format!("{offender} has no stake left to slash"));
+        return Err(EvidenceRejection::NothingToSlash { offender });
     }
     // Then the signatures (two pairings), which name the same member.
-    let set = ValidatorSet::new(members.to_vec()).map_err(|e| e.to_string())?;
-    let signer = evidence.verify(&set, chain_id).map_err(|e| e.to_string())?;
+    let set = ValidatorSet::new(members.to_vec())
+        .map_err(|source| EvidenceRejection::NoSet { epoch, source })?;
+    let signer = match cache {
+        Some(cache) => evidence.verify_cached(&set, chain_id, cache)?,
+        None => evidence.verify(&set, chain_id)?,
+    };
     debug_assert_eq!(
         signer, offender,
         "verify checks the member the evidence names"
     );
+    Ok(Punishment {
+        offender: member,
+        rotation,
+        taken,
+    })
+}
+
+/// Slashes the offender named by valid, fresh, not yet punished evidence.
+fn apply_evidence(
+    state: &mut ChainState,
+    evidence: &Evidence,
+    chain_id: u64,
+) -> Result<Log, EvidenceRejection> {
+    let Punishment {
+        offender,
+        rotation,
+        taken,
+    } = judge_evidence(state, evidence, chain_id, None)?;
     *state.rotation_mut() = rotation;
     assert!(
         state.debit(STAKING_ADDRESS, taken),
@@ -544,7 +659,7 @@ fn apply_evidence(
     );
     let current = state.rotation().current_epoch();
     Ok(staking_log(IStaking::ValidatorSlashed {
-        owner: offender,
+        owner: offender.owner,
         amount: taken,
         epoch: current,
     }))
@@ -1310,14 +1425,20 @@ mod tests {
         assert_eq!(slashed.owner, set.validators()[2].owner);
         assert_eq!(slashed.amount, set.validators()[2].stake / U256::from(2));
         let err = apply_evidence(&mut c.state, &evidence, id).unwrap_err();
-        assert!(err.contains("already punished"), "{err}");
+        assert!(
+            matches!(err, EvidenceRejection::AlreadyPunished { .. }),
+            "{err}"
+        );
+        assert!(!err.is_fault(), "an honest peer may gossip it late");
         // The epoch is not signed: evidence may not claim one after its slot's.
         let relabelled = Evidence::DoubleVote(Box::new(luxtensor_light::evidence::DoubleVote {
             epoch: 1,
             first: vote(B256::repeat_byte(3)),
             second: vote(B256::repeat_byte(4)),
         }));
-        let err = apply_evidence(&mut c.state, &relabelled, id).unwrap_err();
+        let err = apply_evidence(&mut c.state, &relabelled, id)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("epoch 1"),
             "a future epoch is not the current or the previous: {err}"

@@ -3,10 +3,11 @@
 
 use crate::bls;
 use crate::header::SignedHeader;
-use crate::qc::{QcError, Vote};
+use crate::qc::{QcError, VerifiedCache, Vote};
 use crate::validator::ValidatorSet;
 use alloy_primitives::Address;
 use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
+use std::sync::Mutex;
 
 /// Two votes by one validator in one slot for different blocks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, RlpEncodable, RlpDecodable)]
@@ -73,6 +74,46 @@ impl Evidence {
     /// Checks the evidence against the set of its epoch and returns the
     /// offender's owner address.
     pub fn verify(&self, set: &ValidatorSet, chain_id: u64) -> Result<Address, EvidenceError> {
+        self.verify_with(
+            set,
+            |vote| vote.verify(set, chain_id),
+            |header| verify_seal(header, set, chain_id),
+        )
+    }
+
+    /// [`Evidence::verify`] through `cache`: signatures that passed a check
+    /// before (the votes and seals the detecting engine accepted, shared in
+    /// the simulator) are not paired again, and those that pass now are
+    /// remembered. The rules are the same; only the pairings are saved.
+    pub fn verify_cached(
+        &self,
+        set: &ValidatorSet,
+        chain_id: u64,
+        cache: &Mutex<VerifiedCache>,
+    ) -> Result<Address, EvidenceError> {
+        self.verify_with(
+            set,
+            |vote| vote.verify_cached(set, chain_id, cache),
+            |header| {
+                let root = bls::proposal_signing_root(chain_id, &header.hash());
+                let key = VerifiedCache::signature_key(
+                    &root,
+                    set,
+                    header.proposer_index,
+                    &header.proposer_signature,
+                );
+                VerifiedCache::check(cache, key, || (), || verify_seal(header, set, chain_id))
+            },
+        )
+    }
+
+    /// The rules of both checks, with the signature checks given.
+    fn verify_with(
+        &self,
+        set: &ValidatorSet,
+        check_vote: impl Fn(&Vote) -> Result<(), QcError>,
+        check_seal: impl Fn(&SignedHeader) -> Result<(), QcError>,
+    ) -> Result<Address, EvidenceError> {
         let index = match self {
             Self::DoubleVote(double_vote) => {
                 let DoubleVote { first, second, .. } = double_vote.as_ref();
@@ -85,12 +126,8 @@ impl Evidence {
                 if first.block_hash == second.block_hash {
                     return Err(EvidenceError::NoConflict);
                 }
-                first
-                    .verify(set, chain_id)
-                    .map_err(EvidenceError::Signature)?;
-                second
-                    .verify(set, chain_id)
-                    .map_err(EvidenceError::Signature)?;
+                check_vote(first).map_err(EvidenceError::Signature)?;
+                check_vote(second).map_err(EvidenceError::Signature)?;
                 first.validator_index as usize
             }
             Self::DoubleProposal(proposal) => {
@@ -110,11 +147,12 @@ impl Evidence {
                     });
                 }
                 for header in [first, second] {
-                    verify_seal(header, set, chain_id).map_err(EvidenceError::Signature)?;
+                    check_seal(header).map_err(EvidenceError::Signature)?;
                 }
                 first.proposer_index as usize
             }
         };
+        // A signature checked against member `index` proves it exists.
         Ok(set.validators()[index].owner)
     }
 }

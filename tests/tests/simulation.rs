@@ -3,7 +3,12 @@
 //!
 //! - `LUXTENSOR_SIM_SEEDS=N` sets how many random seeds `simulation_random_seeds`
 //!   runs (default 200; the long mode is 10000);
+//! - `LUXTENSOR_SIM_FIRST_SEED=F` sets the first of them (default 1000), so a
+//!   sweep can cover any range;
 //! - `LUXTENSOR_SIM_SEED=S` replays one seed (printed by any failure).
+//!
+//! Seeds that once failed are replayed on every run by
+//! `simulation_regression_seeds` ([`REGRESSION_SEEDS`]).
 
 use luxtensor_tests::sim::{Byzantine, SimConfig, Simulation};
 
@@ -90,25 +95,48 @@ fn simulation_staking_changes_the_set_across_epochs() {
     );
 }
 
+/// Random seeds that broke an invariant once, each with what it broke.
+const REGRESSION_SEEDS: &[(u64, &str)] = &[(
+    1754,
+    "the only honest witness of a double proposal never proposed while the \
+     evidence was admissible: evidence must be gossiped (equivocator 8 stayed in the set)",
+)];
+
+#[test]
+fn simulation_regression_seeds() {
+    let seeds: Vec<u64> = REGRESSION_SEEDS.iter().map(|(seed, _)| *seed).collect();
+    run_seeds(&seeds);
+}
+
 #[test]
 fn simulation_random_seeds() {
     let seeds: Vec<u64> = match std::env::var("LUXTENSOR_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("LUXTENSOR_SIM_SEED is a number")],
         Err(_) => {
-            let count = std::env::var("LUXTENSOR_SIM_SEEDS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(200);
-            (1000..1000 + count).collect()
+            let env = |name: &str, default: u64| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(default)
+            };
+            let count = env("LUXTENSOR_SIM_SEEDS", 200);
+            let first = env("LUXTENSOR_SIM_FIRST_SEED", 1000);
+            (first..first + count).collect()
         }
     };
+    run_seeds(&seeds);
+}
+
+/// Runs the random scenario of each seed, on every core, and fails with
+/// every seed that broke an invariant.
+fn run_seeds(seeds: &[u64]) {
     // Every core takes the next seed as it finishes one (seeds differ in cost).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut failures: Vec<(u64, String)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (seeds, next) = (&seeds, &next);
+                let next = &next;
                 scope.spawn(move || {
                     let mut failures = Vec::new();
                     loop {

@@ -9,7 +9,7 @@
 use alloy_primitives::B256;
 use alloy_rlp::{RlpDecodable, RlpEncodable};
 use luxtensor_light::codec::{self, DecodeError};
-use luxtensor_light::{Block, QuorumCert, SignedHeader, SignedTransaction, Vote};
+use luxtensor_light::{Block, Evidence, QuorumCert, SignedHeader, SignedTransaction, Vote};
 
 /// Most blocks or headers one sync request may ask for.
 pub const MAX_BLOCKS_PER_REQUEST: u64 = 128;
@@ -22,6 +22,9 @@ pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Largest gossip payload, decompressed: one full block.
 pub const MAX_GOSSIP_BYTES: usize = codec::MAX_BLOCK_BYTES;
+/// Largest piece of slashing evidence, decompressed: two headers at their
+/// cap, with room for the framing.
+pub const MAX_EVIDENCE_BYTES: usize = 2 * codec::MAX_HEADER_BYTES + 1024;
 
 /// Why bytes from a peer were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,15 +97,18 @@ pub enum Topic {
     Certificates,
     /// Pending transactions.
     Transactions,
+    /// Slashing evidence (double votes and double proposals).
+    Evidence,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 4] = [
+    pub const ALL: [Topic; 5] = [
         Topic::Blocks,
         Topic::Votes,
         Topic::Certificates,
         Topic::Transactions,
+        Topic::Evidence,
     ];
 
     /// The topic name on the network of `chain_id` (nodes of other chains
@@ -113,6 +119,7 @@ impl Topic {
             Topic::Votes => "votes",
             Topic::Certificates => "qcs",
             Topic::Transactions => "txs",
+            Topic::Evidence => "evidence",
         };
         format!("/luxtensor/{chain_id}/{kind}/rlp_snappy")
     }
@@ -138,6 +145,8 @@ pub enum GossipMessage {
     Certificate(QuorumCert),
     /// A pending transaction.
     Transaction(Box<SignedTransaction>),
+    /// Proof of a slashable offence.
+    Evidence(Evidence),
 }
 
 impl GossipMessage {
@@ -148,6 +157,7 @@ impl GossipMessage {
             GossipMessage::Vote(_) => Topic::Votes,
             GossipMessage::Certificate(_) => Topic::Certificates,
             GossipMessage::Transaction(_) => Topic::Transactions,
+            GossipMessage::Evidence(_) => Topic::Evidence,
         }
     }
 
@@ -158,6 +168,7 @@ impl GossipMessage {
             GossipMessage::Vote(vote) => alloy_rlp::encode(vote),
             GossipMessage::Certificate(qc) => alloy_rlp::encode(qc),
             GossipMessage::Transaction(tx) => alloy_rlp::encode(tx),
+            GossipMessage::Evidence(evidence) => alloy_rlp::encode(evidence),
         };
         compress(&rlp)
     }
@@ -180,6 +191,9 @@ impl GossipMessage {
                 &raw,
                 codec::MAX_TRANSACTION_BYTES,
             )?)),
+            Topic::Evidence => {
+                GossipMessage::Evidence(codec::decode_exact("evidence", &raw, MAX_EVIDENCE_BYTES)?)
+            }
         })
     }
 }
@@ -383,6 +397,35 @@ mod tests {
         assert_eq!(SyncResponse::decode(&status.encode()).unwrap(), status);
         let empty = SyncResponse::Blocks(vec![]);
         assert_eq!(SyncResponse::decode(&empty.encode()).unwrap(), empty);
+    }
+
+    #[test]
+    fn evidence_round_trips_and_oversized_evidence_is_refused() {
+        use luxtensor_light::evidence::DoubleVote;
+        let key = luxtensor_light::chain_spec::devnet_validator_key(1);
+        let vote = |byte| Vote::sign(&key, 31337, 4, B256::repeat_byte(byte), 1);
+        let evidence = GossipMessage::Evidence(Evidence::DoubleVote(Box::new(DoubleVote {
+            epoch: 0,
+            first: vote(1),
+            second: vote(2),
+        })));
+        assert_eq!(evidence.topic(), Topic::Evidence);
+        let decoded = GossipMessage::decode(Topic::Evidence, &evidence.encode()).unwrap();
+        assert_eq!(decoded, evidence);
+        // A payload past the evidence cap is refused before RLP decoding.
+        let padded = compress(&vec![0xc0; MAX_EVIDENCE_BYTES + 1]);
+        assert!(matches!(
+            GossipMessage::decode(Topic::Evidence, &padded),
+            Err(WireError::Decode(DecodeError::Oversized { .. }))
+        ));
+        // Truncated evidence is an error, not a panic.
+        let rlp = alloy_rlp::encode(match &evidence {
+            GossipMessage::Evidence(e) => e,
+            _ => unreachable!(),
+        });
+        for len in 0..rlp.len() {
+            assert!(GossipMessage::decode(Topic::Evidence, &compress(&rlp[..len])).is_err());
+        }
     }
 
     #[test]

@@ -496,6 +496,15 @@ impl Node {
                 self.engine.handle_message(Message::Certificate(qc));
                 true
             }
+            // A forged or inconsistent proof counts against the sender;
+            // one that is merely stale or known here does not.
+            GossipMessage::Evidence(evidence) => match self.engine.handle_evidence(evidence) {
+                Ok(_) => true,
+                Err(rejection) => {
+                    tracing::debug!(%from, %rejection, "gossiped evidence refused");
+                    !rejection.is_fault()
+                }
+            },
             GossipMessage::Transaction(tx) => {
                 if self.engine.submit_transaction((*tx).clone()).is_ok() {
                     self.live.remember_pending((*tx).clone());
@@ -522,6 +531,13 @@ impl Node {
                     self.network.publish(&GossipMessage::Certificate(qc));
                 }
                 Action::Broadcast(Message::BlockRequest(hash)) => self.request_block(hash),
+                // This node's own proofs go out here; a received proof that
+                // the engine passes on again has the same bytes, so
+                // gossipsub (content-addressed) drops the duplicate and
+                // forwards the original itself once it is reported valid.
+                Action::Broadcast(Message::Evidence(evidence)) => {
+                    self.network.publish(&GossipMessage::Evidence(evidence));
+                }
                 Action::Finalized(blocks) => self.persist_finalized(&blocks)?,
                 Action::Misbehaviour { evidence, offender } => {
                     tracing::warn!(%offender, ?evidence, "slashable misbehaviour seen");
