@@ -1484,6 +1484,75 @@ mod tests {
     }
 
     #[test]
+    fn pending_evidence_left_out_of_a_fresh_block_is_sent_again_at_most_every_few_slots() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let slot = 1 + EVIDENCE_RESEND_SLOTS;
+        let proposer = set.proposer_index(slot) as u32;
+        let [holder, offender] = [1, 2].map(|k| (proposer + k) % 4);
+        let vote = |byte: u8| {
+            Vote::sign(
+                &devnet_validator_key(offender),
+                spec.chain_id,
+                1,
+                B256::repeat_byte(byte),
+                offender,
+            )
+        };
+        let evidence = Evidence::DoubleVote(Box::new(DoubleVote {
+            epoch: 0,
+            first: vote(1),
+            second: vote(2),
+        }));
+        let at = |slot: u64| {
+            1000 * spec.genesis_timestamp + slot * spec.slot_duration_ms + spec.slot_duration_ms / 2
+        };
+        // Broadcasts of the double vote (the twin below adds a double proposal).
+        let sent = |actions: Vec<Action>| {
+            actions
+                .into_iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::Broadcast(Message::Evidence(Evidence::DoubleVote(_)))
+                    )
+                })
+                .count()
+        };
+        let mut node = engine(&spec, holder, Box::new(MemorySlashingProtection::default()));
+        node.handle_tick(at(1));
+        drain(&mut node);
+        assert_eq!(node.handle_evidence(evidence), Ok(true));
+        assert_eq!(sent(drain(&mut node)), 1, "sent when first received");
+
+        // The proposer of a later slot never got it (a partition, say).
+        let mut proposing = engine(
+            &spec,
+            proposer,
+            Box::new(MemorySlashingProtection::default()),
+        );
+        proposing.handle_tick(at(slot));
+        let block = drain(&mut proposing)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Broadcast(Message::Proposal(b)) => Some(*b),
+                _ => None,
+            })
+            .expect("the proposer proposes");
+        assert!(block.evidence.is_empty());
+        let owner = set.validators()[proposer as usize].owner;
+        let tx = transfer(&dev_signer(proposer), spec.chain_id, 0, owner, U256::ZERO);
+        let twin = proposing.build_proposal(slot, vec![tx]).unwrap();
+
+        node.handle_tick(at(slot));
+        drain(&mut node);
+        node.handle_message(Message::Proposal(Box::new(block)));
+        assert_eq!(sent(drain(&mut node)), 1, "a block left it out: sent again");
+        node.handle_message(Message::Proposal(Box::new(twin)));
+        assert_eq!(sent(drain(&mut node)), 0, "not again within the same slots");
+    }
+
+    #[test]
     fn votes_for_an_unseen_block_still_reveal_a_double_vote() {
         let spec = ChainSpec::devnet(4);
         let mut observer = engine(&spec, 0, Box::new(MemorySlashingProtection::default()));
