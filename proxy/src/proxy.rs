@@ -211,7 +211,7 @@ pub struct Proxy {
     /// The verified event stream.
     pub events: broadcast::Sender<Arc<ChainEvent>>,
     /// The same events for WebSocket connections (see [`crate::fanout`]).
-    pub fanout: Arc<crate::fanout::Ring<Arc<ChainEvent>>>,
+    pub fanout: Arc<crate::fanout::Fanout>,
     /// Counters.
     pub counters: Counters,
     /// Per-client rate limit, if configured.
@@ -240,7 +240,7 @@ impl Proxy {
             inflight: Mutex::new(HashMap::new()),
             filters: Mutex::new(Default::default()),
             events,
-            fanout: crate::fanout::Ring::new(EVENT_CAPACITY),
+            fanout: crate::fanout::Fanout::new(EVENT_CAPACITY),
             counters: Counters::default(),
             driver: std::sync::OnceLock::new(),
             limiter: config

@@ -37,33 +37,28 @@
 //! read fast enough`; the others never wait for it.
 
 use crate::cache::{Exact, MAX_EXACT_BODY, Scope};
-use crate::fanout::{Lagged, Ring, RingReceiver};
+use crate::fanout::Rendered;
 use crate::methods;
 use crate::proxy::{ChainEvent, Proxy};
 use crate::rpc::{self, Parsed, RpcFailure};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{
-    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::SinkExt;
-use futures::task::AtomicWaker;
-use futures::{Sink, Stream};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use std::collections::{HashMap, VecDeque};
+use luxtensor_fanout::handshake::{self, Upgraded};
+use luxtensor_fanout::{End, Full, Handler, Limits, Outbox};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -173,30 +168,33 @@ fn authorized(proxy: &Proxy, headers: &HeaderMap, query: &Option<String>) -> boo
         .any(|k| keys.iter().any(|allowed| allowed == k))
 }
 
+/// GET: a WebSocket upgrade (served by [`websocket`]), or an empty 200.
 async fn http_get(
     State(proxy): State<Arc<Proxy>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: axum::extract::Request,
 ) -> Response {
     if !authorized(&proxy, &headers, &query) {
         return (StatusCode::UNAUTHORIZED, "missing or unknown API key\n").into_response();
     }
-    match ws {
-        Ok(ws) => {
-            if proxy.counters.ws_connections.load(Ordering::Relaxed) >= proxy.config.max_connections
-            {
-                return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
-            }
-            let max = proxy.config.max_body_bytes;
-            ws.max_message_size(max)
-                .max_frame_size(max)
-                .read_buffer_size(4 * 1024)
-                .on_upgrade(move |socket| websocket(socket, proxy, peer.ip()))
-        }
-        Err(_) => StatusCode::OK.into_response(),
+    if handshake::accept(request.method(), request.headers()).is_err() {
+        return StatusCode::OK.into_response();
     }
+    if proxy.counters.ws_connections.load(Ordering::Relaxed) >= proxy.config.max_connections {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    }
+    let Ok((response, upgrading)) = handshake::upgrade(&mut request) else {
+        return StatusCode::OK.into_response();
+    };
+    tokio::spawn(async move {
+        if let Some(stream) = upgrading.stream().await {
+            websocket(stream, proxy, peer.ip()).await;
+        }
+    });
+    let (parts, ()) = response.into_parts();
+    Response::from_parts(parts, Body::empty())
 }
 
 /// Accepts connections and serves each with hyper (HTTP/1.1, keep-alive,
@@ -444,6 +442,14 @@ fn notification(id: &str, result: &str) -> String {
     )
 }
 
+/// What precedes the result in every notification of subscription `id`
+/// (the rest is the event's shared tail, see [`crate::fanout`]).
+fn notification_prefix(id: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"{id}","result":"#
+    ))
+}
+
 fn parse_sub(params: &serde_json::Value) -> Result<Sub, RpcFailure> {
     let list = params.as_array().cloned().unwrap_or_default();
     let Some(kind) = list.first().and_then(|v| v.as_str()) else {
@@ -496,26 +502,18 @@ fn parse_sub(params: &serde_json::Value) -> Result<Sub, RpcFailure> {
     }
 }
 
-/// The notifications an event produces for one subscription.
-fn notify(id: &str, sub: &Sub, event: &ChainEvent, out: &mut Vec<String>) {
-    match (sub, event) {
-        (Sub::Heads { gapless }, ChainEvent::Heads { removed, added, .. }) => {
+/// Queues the notifications an event produces for one subscription: its
+/// `prefix`, then each matching tail rendered once for every connection.
+fn notify(prefix: &Bytes, sub: &Sub, rendered: &Rendered, out: &mut Outbox) -> Result<(), Full> {
+    let mut send = |tail: &Bytes| out.text_parts(prefix.clone(), tail.clone());
+    match (sub, &*rendered.event) {
+        (Sub::Heads { gapless }, ChainEvent::Heads { .. }) => {
             if *gapless {
-                for h in removed.iter().rev() {
-                    let mut text = crate::verify::header_json(h, alloy_primitives::Address::ZERO);
-                    text["removed"] = serde_json::Value::Bool(true);
-                    out.push(notification(id, &text.to_string()));
-                }
+                rendered.removed.iter().try_for_each(&mut send)?;
             }
-            for (_, text) in added {
-                out.push(notification(id, text));
-            }
+            rendered.heads.iter().try_for_each(send)
         }
-        (Sub::Finalized, ChainEvent::Finalized(list)) => {
-            for (_, text) in list {
-                out.push(notification(id, text));
-            }
-        }
+        (Sub::Finalized, ChainEvent::Finalized(_)) => rendered.heads.iter().try_for_each(send),
         (
             Sub::Logs(filter),
             ChainEvent::Heads {
@@ -523,274 +521,68 @@ fn notify(id: &str, sub: &Sub, event: &ChainEvent, out: &mut Vec<String>) {
                 added_logs,
                 ..
             },
-        ) => {
-            for log in removed_logs.iter().chain(added_logs) {
-                if filter.matches(&log.inner) {
-                    let text = serde_json::to_string(log).expect("a log serializes");
-                    out.push(notification(id, &text));
-                }
-            }
-        }
-        (Sub::Pending { full }, ChainEvent::Pending { hash, full: tx }) => {
-            out.push(notification(id, if *full { tx } else { hash }));
-        }
-        _ => {}
+        ) => removed_logs
+            .iter()
+            .chain(added_logs)
+            .zip(&rendered.logs)
+            .filter(|(log, _)| filter.matches(&log.inner))
+            .try_for_each(|(_, tail)| send(tail)),
+        (Sub::Pending { full }, ChainEvent::Pending { .. }) => match &rendered.pending {
+            Some((hash, tx)) => send(if *full { tx } else { hash }),
+            None => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 
-const SLOW: &str = "send queue full: the client does not read fast enough";
-
-/// Events taken from the ring per poll (their frames go out in one write).
-const EVENTS_PER_POLL: usize = 64;
-/// Rounds of work per poll before the task yields to other connections.
-const ROUNDS_PER_POLL: usize = 32;
-
-/// One WebSocket connection, driven by one task (as the node's RPC does
-/// it): requests read in order, subscriptions answered at once and other
-/// calls on tasks of their own, notifications rendered from the ring, and
-/// every outgoing message through one bounded queue, handed to the socket
-/// in a batch and flushed once. A new head costs a subscribed connection
-/// one wake-up, one render per subscription and one write.
-async fn websocket(socket: WebSocket, proxy: Arc<Proxy>, client: IpAddr) {
+/// One WebSocket connection, driven by [`luxtensor_fanout::serve`] (as the
+/// node's RPC does it): requests read in order, subscriptions answered at
+/// once and other calls on tasks of their own, notifications from the
+/// fan-out ring, and every outgoing frame through one bounded queue
+/// written with vectored writes. A client whose queue is full is closed
+/// with 1008 and [`luxtensor_fanout::SLOW`].
+async fn websocket(stream: Upgraded, proxy: Arc<Proxy>, client: IpAddr) {
     proxy
         .counters
         .ws_connections
         .fetch_add(1, Ordering::Relaxed);
-    let queue_limit = proxy.config.ws_send_queue.max(1);
-    let (answers_tx, answers) = mpsc::channel(queue_limit);
-    let read_wake = Arc::new(ReadWake {
-        woken: AtomicBool::new(true),
-        task: AtomicWaker::new(),
-    });
-    let mut connection = Connection {
+    let limits = Limits {
+        max_message: proxy.config.max_body_bytes,
+        send_queue: proxy.config.ws_send_queue.max(1),
+    };
+    let (answers_tx, answers) = mpsc::channel(limits.send_queue);
+    let ring = proxy.fanout.ring().clone();
+    let mut session = Session {
         proxy,
         client,
-        socket,
         subs: HashMap::new(),
-        events: None,
-        batch: Vec::new(),
-        texts: Vec::new(),
-        out: VecDeque::new(),
-        queue_limit,
-        unflushed: false,
         answers,
         answers_tx,
-        read_wake: read_wake.clone(),
-        read_waker: Waker::from(read_wake),
     };
-    let end = std::future::poll_fn(|cx| connection.poll(cx)).await;
-    let counters = &connection.proxy.counters;
-    if end == End::Slow {
-        counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-        // What is queued, then the close frame (if the client reads at all).
-        connection.out.push_back(Message::Close(Some(CloseFrame {
-            code: 1008,
-            reason: SLOW.into(),
-        })));
-    }
-    let logs = connection
-        .subs
-        .values()
-        .filter(|s| matches!(s, Sub::Logs(_)))
-        .count();
-    counters.log_watchers.fetch_sub(logs, Ordering::Relaxed);
-    counters
-        .subscriptions
-        .fetch_sub(connection.subs.len(), Ordering::Relaxed);
-    counters.ws_connections.fetch_sub(1, Ordering::Relaxed);
-    connection.events = None;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if std::future::poll_fn(|cx| connection.poll_write(cx))
-            .await
-            .is_ok()
-        {
-            let _ = connection.socket.close().await;
-        }
-    })
-    .await;
+    luxtensor_fanout::serve(stream, ring, &mut session, limits).await;
 }
 
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// The client closed it, or the socket failed.
-    Closed,
-    /// The client fell a whole ring behind, or its send queue is full.
-    Slow,
-}
-
-/// The state of one WebSocket connection (see [`websocket`]).
-struct Connection {
+/// What the proxy does with one WebSocket connection.
+struct Session {
     proxy: Arc<Proxy>,
     client: IpAddr,
-    socket: WebSocket,
-    subs: HashMap<String, Sub>,
-    /// The ring, read while the connection has subscriptions.
-    events: Option<RingReceiver<Arc<ChainEvent>>>,
-    /// Scratch: events read from the ring, and their notifications.
-    batch: Vec<Arc<ChainEvent>>,
-    texts: Vec<String>,
-    /// Messages not yet handed to the socket (at most `queue_limit`, then
-    /// the client is slow).
-    out: VecDeque<Message>,
-    queue_limit: usize,
-    /// Messages handed to the socket but not yet flushed.
-    unflushed: bool,
+    /// The subscriptions, each with the prefix of its notifications.
+    subs: HashMap<String, (Sub, Bytes)>,
     /// Answers of calls that run on tasks of their own.
     answers: mpsc::Receiver<String>,
     answers_tx: mpsc::Sender<String>,
-    /// The socket is read with its own waker, so that a wake-up by the
-    /// ring costs no read of a socket that has nothing.
-    read_wake: Arc<ReadWake>,
-    read_waker: Waker,
 }
 
-/// The waker a connection reads its socket with: notes that the socket may
-/// have something, then wakes the connection's task.
-struct ReadWake {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
+impl Handler for Session {
+    type Event = Arc<Rendered>;
 
-impl Wake for ReadWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl Connection {
-    /// Does all the work that is ready; `Pending` once every source
-    /// (answers, ring, socket) has the task's waker.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        self.read_wake.task.register(cx.waker());
-        for _ in 0..ROUNDS_PER_POLL {
-            let mut again = false;
-            while let Poll::Ready(Some(text)) = self.answers.poll_recv(cx) {
-                if let Err(end) = self.enqueue(text) {
-                    return Poll::Ready(end);
-                }
-            }
-            if let Some(events) = &mut self.events {
-                match events.poll_recv(cx, &mut self.batch, EVENTS_PER_POLL) {
-                    Poll::Ready(Err(Lagged)) => return Poll::Ready(End::Slow),
-                    Poll::Ready(Ok(caught_up)) => {
-                        again |= !caught_up;
-                        if let Err(end) = self.render() {
-                            return Poll::Ready(end);
-                        }
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            // A request, if the socket may have one (it has not said
-            // "nothing" since).
-            if self.read_wake.woken.swap(false, Ordering::Acquire) {
-                let mut read_cx = Context::from_waker(&self.read_waker);
-                match Pin::new(&mut self.socket).poll_next(&mut read_cx) {
-                    Poll::Ready(Some(Ok(message))) => {
-                        // More may be buffered: read again next round.
-                        self.read_wake.woken.store(true, Ordering::Relaxed);
-                        again = true;
-                        let handled = match message {
-                            Message::Text(text) => self.handle_text(text.as_str()),
-                            Message::Binary(bytes) => {
-                                self.handle_text(&String::from_utf8_lossy(&bytes))
-                            }
-                            // tungstenite queued the pong; the flush below sends it.
-                            Message::Ping(_) | Message::Pong(_) => {
-                                self.unflushed = true;
-                                Ok(())
-                            }
-                            Message::Close(_) => return Poll::Ready(End::Closed),
-                        };
-                        if let Err(end) = handled {
-                            return Poll::Ready(end);
-                        }
-                    }
-                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(End::Closed),
-                    Poll::Pending => {}
-                }
-            }
-            if let Poll::Ready(Err(())) = self.poll_write(cx) {
-                return Poll::Ready(End::Closed);
-            }
-            if !again {
-                return Poll::Pending;
-            }
-        }
-        // Plenty done: let other connections run, and come back.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    /// Turns the events read from the ring into this connection's
-    /// notifications (the event's JSON, rendered once for everybody, with
-    /// the subscription id spliced in).
-    fn render(&mut self) -> Result<(), End> {
-        for event in self.batch.drain(..) {
-            for (id, sub) in &self.subs {
-                notify(id, sub, &event, &mut self.texts);
-            }
-        }
-        if self.out.len() + self.texts.len() > self.queue_limit {
-            self.texts.clear();
-            return Err(End::Slow);
-        }
-        self.out
-            .extend(self.texts.drain(..).map(|t| Message::Text(t.into())));
-        Ok(())
-    }
-
-    /// Queues a message; `Slow` if the client's queue is full (it does not read).
-    fn enqueue(&mut self, text: String) -> Result<(), End> {
-        if self.out.len() >= self.queue_limit {
-            return Err(End::Slow);
-        }
-        self.out.push_back(Message::Text(text.into()));
-        Ok(())
-    }
-
-    /// Hands queued messages to the socket while it takes them, then
-    /// flushes them with one write. `Pending`: the socket is full and has
-    /// the waker.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        let mut socket = Pin::new(&mut self.socket);
-        while !self.out.is_empty() {
-            match socket.as_mut().poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                Poll::Pending => return Poll::Pending,
-            }
-            let message = self.out.pop_front().expect("not empty");
-            if socket.as_mut().start_send(message).is_err() {
-                return Poll::Ready(Err(()));
-            }
-            self.unflushed = true;
-        }
-        if self.unflushed {
-            match socket.poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Handles one WebSocket message: subscriptions at once, in order,
-    /// before any notification; other calls on a task that sends back
-    /// their answer. `Slow` if the client's queue is full.
-    fn handle_text(&mut self, text: &str) -> Result<(), End> {
+    /// Subscriptions at once, in order, before any notification; other
+    /// calls on a task that sends back their answer.
+    fn message(&mut self, body: Bytes, out: &mut Outbox) -> Result<(), End> {
         let proxy = self.proxy.clone();
-        let (batch, mut calls) = match rpc::parse_body(text.as_bytes(), proxy.config.max_batch_len)
-        {
+        let (batch, mut calls) = match rpc::parse_body(&body, proxy.config.max_batch_len) {
             Ok(parsed) => parsed,
-            Err(error) => return self.enqueue(error),
+            Err(error) => return Ok(out.text(error)?),
         };
         rate_limit(&proxy, Some(self.client), &mut calls);
         let mut immediate = Vec::new();
@@ -820,10 +612,8 @@ impl Connection {
                                 follow_ups.push(notification(&sid, "false"));
                             }
                             proxy.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
-                            self.subs.insert(sid.clone(), sub);
-                            if self.events.is_none() {
-                                self.events = Some(Ring::subscribe(&proxy.fanout));
-                            }
+                            let prefix = notification_prefix(&sid);
+                            self.subs.insert(sid.clone(), (sub, prefix));
                             Ok((format!("\"{sid}\"").into(), rpc::Trust::Verified))
                         }
                         Err(e) => Err(e),
@@ -840,7 +630,7 @@ impl Connection {
                         .unwrap_or_default()
                         .to_string();
                     let answer = match self.subs.remove(&sid) {
-                        Some(sub) => {
+                        Some((sub, _)) => {
                             if matches!(sub, Sub::Logs(_)) {
                                 proxy.counters.log_watchers.fetch_sub(1, Ordering::Relaxed);
                             }
@@ -849,9 +639,6 @@ impl Connection {
                         }
                         None => Err(RpcFailure::new(-32000, "subscription not found")),
                     };
-                    if self.subs.is_empty() {
-                        self.events = None;
-                    }
                     if let Some(id) = id {
                         immediate.push(rpc::response(&id, &answer));
                     }
@@ -861,9 +648,12 @@ impl Connection {
         }
         if rest.is_empty() {
             if let Some(text) = rpc::join(batch, immediate) {
-                self.enqueue(text)?;
+                out.text(text)?;
             }
-            return follow_ups.into_iter().try_for_each(|t| self.enqueue(t));
+            for text in follow_ups {
+                out.text(text)?;
+            }
+            return Ok(());
         }
         let answers = self.answers_tx.clone();
         tokio::spawn(async move {
@@ -888,6 +678,46 @@ impl Connection {
             }
         });
         Ok(())
+    }
+
+    fn poll_answers(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> Poll<Result<(), End>> {
+        let mut any = false;
+        while let Poll::Ready(Some(text)) = self.answers.poll_recv(cx) {
+            out.text(text)?;
+            any = true;
+        }
+        if any {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn subscribed(&self) -> bool {
+        !self.subs.is_empty()
+    }
+
+    fn render(&mut self, event: &Arc<Rendered>, out: &mut Outbox) -> Result<(), Full> {
+        self.subs
+            .values()
+            .try_for_each(|(sub, prefix)| notify(prefix, sub, event, out))
+    }
+
+    fn ended(&mut self, end: End) {
+        let counters = &self.proxy.counters;
+        if end == End::Slow {
+            counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        let logs = self
+            .subs
+            .values()
+            .filter(|(s, _)| matches!(s, Sub::Logs(_)))
+            .count();
+        counters.log_watchers.fetch_sub(logs, Ordering::Relaxed);
+        counters
+            .subscriptions
+            .fetch_sub(self.subs.len(), Ordering::Relaxed);
+        counters.ws_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

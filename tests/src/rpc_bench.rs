@@ -36,6 +36,13 @@ fn rss_mb() -> f64 {
 /// CPU time this process has used (user + system), in microseconds, from
 /// `/proc/self/stat` (clock ticks of 10 ms: read it over many deliveries).
 fn process_cpu_us() -> f64 {
+    let (user, system) = process_cpu_split_us();
+    user + system
+}
+
+/// CPU time this process has used in user space and in the kernel, in
+/// microseconds (see [`process_cpu_us`]).
+fn process_cpu_split_us() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at field 3.
     let fields: Vec<&str> = stat
@@ -50,7 +57,7 @@ fn process_cpu_us() -> f64 {
             .unwrap_or(0.0)
     };
     // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
-    (ticks(11) + ticks(12)) * 10_000.0
+    (ticks(11) * 10_000.0, ticks(12) * 10_000.0)
 }
 
 /// Runs the scenario and prints its figures.
@@ -168,14 +175,16 @@ async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
         .expect("broadcast");
     tokio::time::sleep(gap).await;
     let mut sent = Vec::new();
-    let cpu_before = process_cpu_us();
+    let cpu_before = process_cpu_split_us();
     for block in measured {
         let event = chain.event(block);
         sent.push((block.header.number, now_ns()));
         chain.handle.broadcaster.send(event).expect("broadcast");
         tokio::time::sleep(gap).await;
     }
-    let cpu_us = process_cpu_us() - cpu_before;
+    let cpu_after = process_cpu_split_us();
+    let (user_us, system_us) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let cpu_us = user_us + system_us;
     let mut stdin = child.stdin.take().expect("piped");
     for (number, t) in &sent {
         writeln!(stdin, "{number} {t}").expect("child input");
@@ -195,6 +204,21 @@ async fn fanout(chain: &mut RpcChain, n: usize, events: usize) {
         BENCH,
         &format!("newheads_server_cpu_us_per_delivery_{n}"),
         cpu_us / expected,
+        "us",
+    );
+    // Its user-space part (the server's own work: wake-ups, rendering,
+    // framing) and its kernel part (TCP over loopback, which includes the
+    // receiving side's processing of each segment).
+    report(
+        BENCH,
+        &format!("newheads_server_user_us_per_delivery_{n}"),
+        user_us / expected,
+        "us",
+    );
+    report(
+        BENCH,
+        &format!("newheads_server_system_us_per_delivery_{n}"),
+        system_us / expected,
         "us",
     );
 }

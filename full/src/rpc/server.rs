@@ -1,6 +1,7 @@
 //! The servers: HTTP JSON-RPC (POST) that also upgrades to WebSocket (GET),
 //! a WebSocket-only port, and `/metrics` + `/health` on their own address.
-//! Built on axum (hyper + tokio-tungstenite).
+//! Built on axum (hyper); WebSocket connections are served by
+//! `luxtensor-fanout` (frames written straight to the socket).
 //!
 //! Limits: request bodies over `max_body_bytes` get HTTP 413; a connection
 //! beyond `max_connections` gets HTTP 503 and is closed; WebSocket messages
@@ -10,27 +11,22 @@
 
 use super::jsonrpc::{self, Transport};
 use super::metrics::{self, Metrics};
-use super::subscriptions::{ConnectionSubscriptions, Lagged, Prepared, RingReceiver};
+use super::subscriptions::{ConnectionSubscriptions, Prepared};
 use super::{Broadcaster, RpcError, RpcState};
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::ws::{
-    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::task::AtomicWaker;
-use futures::{Sink, Stream};
-use std::collections::VecDeque;
+use luxtensor_fanout::handshake::{self, Refused, Upgraded};
+use luxtensor_fanout::{End, Full, Handler, Limits, Outbox};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -281,24 +277,23 @@ async fn health(State(state): State<RpcState>) -> Response {
 }
 
 /// GET on the HTTP port: a WebSocket upgrade, or an empty 200 (geth's health check).
-async fn http_get(
-    State(state): State<RpcState>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    match ws {
-        Ok(ws) => upgrade(ws, state),
-        Err(_) => StatusCode::OK.into_response(),
-    }
+async fn http_get(State(state): State<RpcState>, request: Request) -> Response {
+    upgrade(request, state).unwrap_or_else(|_| StatusCode::OK.into_response())
 }
 
-async fn ws_only(
-    State(state): State<RpcState>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    match ws {
-        Ok(ws) => upgrade(ws, state),
-        Err(rejection) => rejection.into_response(),
-    }
+async fn ws_only(State(state): State<RpcState>, request: Request) -> Response {
+    upgrade(request, state).unwrap_or_else(|refused| {
+        let status = match refused {
+            Refused::NotGet => StatusCode::METHOD_NOT_ALLOWED,
+            Refused::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (
+            status,
+            format!("expected a WebSocket upgrade: {refused:?}\n"),
+        )
+            .into_response()
+    })
 }
 
 async fn http_post(State(state): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -328,191 +323,59 @@ async fn http_post(State(state): State<RpcState>, headers: HeaderMap, body: Byte
     }
 }
 
-fn upgrade(ws: WebSocketUpgrade, state: RpcState) -> Response {
-    let max = state.limits.max_ws_message_bytes;
-    // tungstenite reserves a 128 KiB read buffer per connection by default:
-    // 1.3 GB for 10,000 subscribers. Requests are small; the buffer grows
-    // for a large one.
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| websocket(socket, state))
+/// Answers a WebSocket upgrade with `101` and serves the connection on a
+/// task of its own; `Err`: the request is not an upgrade.
+fn upgrade(mut request: Request, state: RpcState) -> Result<Response, Refused> {
+    let (response, upgrading) = handshake::upgrade(&mut request)?;
+    tokio::spawn(async move {
+        if let Some(stream) = upgrading.stream().await {
+            websocket(stream, state).await;
+        }
+    });
+    let (parts, ()) = response.into_parts();
+    Ok(Response::from_parts(parts, Body::empty()))
 }
 
-/// One WebSocket connection, driven by one task: requests in order (each
-/// on the blocking pool), notifications between them, and every outgoing
-/// message through one bounded queue that is written in a batch and
-/// flushed once. A new head costs the connection one wake-up and one write.
-async fn websocket(socket: WebSocket, state: RpcState) {
+/// One WebSocket connection, driven by [`luxtensor_fanout::serve`]:
+/// requests in order (each on the blocking pool), notifications between
+/// them, and every outgoing frame through one bounded queue written with
+/// vectored writes. A new head costs the connection one wake-up and one
+/// `writev` of its subscription's prefix and the head's shared JSON.
+async fn websocket(stream: Upgraded, state: RpcState) {
     state.metrics.connection_opened(true);
-    let read_wake = Arc::new(ReadWake {
-        woken: AtomicBool::new(true),
-        task: AtomicWaker::new(),
-    });
-    let mut connection = Connection {
-        queue_limit: state.limits.ws_send_queue.max(1),
+    let limits = Limits {
+        max_message: state.limits.max_ws_message_bytes,
+        send_queue: state.limits.ws_send_queue.max(1),
+    };
+    let ring = state.broadcaster.ring().clone();
+    let mut session = Session {
         state,
-        socket,
         subs: Some(ConnectionSubscriptions::default()),
         live: 0,
         call: None,
-        events: None,
-        batch: Vec::new(),
-        texts: Vec::new(),
-        out: VecDeque::new(),
-        unflushed: false,
-        read_wake: read_wake.clone(),
-        read_waker: Waker::from(read_wake),
     };
-    let end = std::future::poll_fn(|cx| connection.poll(cx)).await;
-    let state = &connection.state;
-    if end == End::Slow {
-        state.metrics.slow_client_disconnected();
-    }
-    state
-        .metrics
-        .subscriptions_changed(-(connection.live as i64));
-    state.metrics.connection_closed(true);
-    // Dropping the connection closes the socket.
+    luxtensor_fanout::serve(stream, ring, &mut session, limits).await;
 }
-
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// The client closed it, or the socket failed.
-    Closed,
-    /// The client fell a whole ring behind, or its send queue is full.
-    Slow,
-}
-
-/// Events taken from the ring per poll (they go out in one write).
-const EVENTS_PER_POLL: usize = 64;
-/// Rounds of work per poll before the task yields to others.
-const ROUNDS_PER_POLL: usize = 32;
 
 type Call = JoinHandle<(jsonrpc::Reply, ConnectionSubscriptions)>;
 
-/// The state of one WebSocket connection (see [`websocket`]).
-struct Connection {
+/// What the node does with one WebSocket connection: one call at a time
+/// on the blocking pool (it may change the subscriptions, which it holds
+/// meanwhile), and the notifications of its subscriptions.
+struct Session {
     state: RpcState,
-    socket: WebSocket,
     /// The subscriptions; `None` while a call (which may change them) runs.
     subs: Option<ConnectionSubscriptions>,
-    /// Subscriptions counted in the metrics.
+    /// Subscriptions counted in the metrics (as of the last call).
     live: usize,
     /// The call being executed on the blocking pool.
     call: Option<Call>,
-    /// The ring, read while the connection has subscriptions.
-    events: Option<RingReceiver>,
-    /// Scratch: events read from the ring, and their notifications.
-    batch: Vec<Arc<Prepared>>,
-    texts: Vec<String>,
-    /// Messages not yet handed to the socket (at most `queue_limit`).
-    out: VecDeque<Message>,
-    queue_limit: usize,
-    /// Messages handed to the socket but not yet flushed.
-    unflushed: bool,
-    /// The socket is read with its own waker, so that a wake-up from the
-    /// ring does not cost a read of a socket that has nothing.
-    read_wake: Arc<ReadWake>,
-    read_waker: Waker,
 }
 
-/// The waker a connection reads its socket with: notes that the socket may
-/// have something, then wakes the connection's task.
-struct ReadWake {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
+impl Handler for Session {
+    type Event = Arc<Prepared>;
 
-impl Wake for ReadWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl Connection {
-    /// Does all the work that is ready; `Pending` once every source (call,
-    /// ring, socket) has left the task's waker.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        self.read_wake.task.register(cx.waker());
-        for _ in 0..ROUNDS_PER_POLL {
-            let mut again = false;
-            // A finished call: its reply goes out before any later notification.
-            if let Some(call) = &mut self.call {
-                match Pin::new(call).poll(cx) {
-                    Poll::Ready(Ok((reply, subs))) => {
-                        self.call = None;
-                        if let Err(end) = self.finish_call(reply, subs) {
-                            return Poll::Ready(end);
-                        }
-                        again = true;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(End::Closed),
-                    Poll::Pending => {}
-                }
-            }
-            // Notifications (not while a call holds the subscriptions).
-            if self.call.is_none()
-                && let Some(events) = &mut self.events
-            {
-                match events.poll_recv(cx, &mut self.batch, EVENTS_PER_POLL) {
-                    Poll::Ready(Err(Lagged)) => return Poll::Ready(End::Slow),
-                    Poll::Ready(Ok(caught_up)) => {
-                        again |= !caught_up;
-                        if let Err(end) = self.render() {
-                            return Poll::Ready(end);
-                        }
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            // The next request, once the previous one is answered, if the
-            // socket may have one (it has not said "nothing" since).
-            if self.call.is_none() && self.read_wake.woken.swap(false, Ordering::Acquire) {
-                let mut read_cx = Context::from_waker(&self.read_waker);
-                match Pin::new(&mut self.socket).poll_next(&mut read_cx) {
-                    Poll::Ready(Some(Ok(message))) => {
-                        // More may be buffered: read again next round.
-                        self.read_wake.woken.store(true, Ordering::Relaxed);
-                        let body: Bytes = match message {
-                            Message::Text(text) => Bytes::from(text),
-                            Message::Binary(bytes) => bytes,
-                            // tungstenite queued the pong; the flush below sends it.
-                            Message::Ping(_) | Message::Pong(_) => {
-                                self.unflushed = true;
-                                again = true;
-                                Bytes::new()
-                            }
-                            Message::Close(_) => return Poll::Ready(End::Closed),
-                        };
-                        if !body.is_empty() {
-                            self.start_call(body);
-                            again = true;
-                        }
-                    }
-                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(End::Closed),
-                    Poll::Pending => {}
-                }
-            }
-            if let Poll::Ready(Err(())) = self.poll_write(cx) {
-                return Poll::Ready(End::Closed);
-            }
-            if !again {
-                return Poll::Pending;
-            }
-        }
-        // Plenty done: let other connections run, and come back.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    fn start_call(&mut self, body: Bytes) {
+    fn message(&mut self, body: Bytes, _: &mut Outbox) -> Result<(), End> {
         let mut subs = self
             .subs
             .take()
@@ -522,79 +385,49 @@ impl Connection {
             let reply = jsonrpc::handle(&state, &body, Transport::WebSocket(&mut subs));
             (reply, subs)
         }));
+        Ok(())
     }
 
-    fn finish_call(
-        &mut self,
-        reply: jsonrpc::Reply,
-        subs: ConnectionSubscriptions,
-    ) -> Result<(), End> {
+    fn poll_answers(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> Poll<Result<(), End>> {
+        let Some(call) = &mut self.call else {
+            return Poll::Pending;
+        };
+        let Ok((reply, subs)) = ready!(Pin::new(call).poll(cx)) else {
+            return Poll::Ready(Err(End::Closed));
+        };
+        self.call = None;
         let after = subs.len();
         self.state
             .metrics
             .subscriptions_changed(after as i64 - self.live as i64);
         self.live = after;
         self.subs = Some(subs);
-        match (after, &self.events) {
-            (0, Some(_)) => self.events = None,
-            (1.., None) => self.events = Some(self.state.broadcaster.subscribe()),
-            _ => {}
-        }
-        let messages = reply.response.into_iter().chain(reply.after);
-        self.enqueue(messages)
-    }
-
-    /// Turns the events read from the ring into this connection's notifications.
-    fn render(&mut self) -> Result<(), End> {
-        let subs = self.subs.as_ref().expect("present between calls");
-        for event in self.batch.drain(..) {
-            subs.notifications(&event, &mut self.texts);
-            if self.out.len() + self.texts.len() > self.queue_limit {
-                return Err(End::Slow);
-            }
-        }
-        let mut texts = std::mem::take(&mut self.texts);
-        let result = self.enqueue(texts.drain(..));
-        self.texts = texts;
-        result
-    }
-
-    /// Queues messages; `Slow` if that overflows the client's queue (it does not read).
-    fn enqueue(&mut self, messages: impl Iterator<Item = String>) -> Result<(), End> {
-        for text in messages {
-            if self.out.len() >= self.queue_limit {
-                return Err(End::Slow);
-            }
-            self.out.push_back(Message::Text(text.into()));
-        }
-        Ok(())
-    }
-
-    /// Hands queued messages to the socket while it accepts them, then
-    /// flushes them with one write. `Pending`: the socket is full and the
-    /// waker is left with it.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        let mut socket = Pin::new(&mut self.socket);
-        while !self.out.is_empty() {
-            match socket.as_mut().poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                Poll::Pending => return Poll::Pending,
-            }
-            let message = self.out.pop_front().expect("not empty");
-            if socket.as_mut().start_send(message).is_err() {
-                return Poll::Ready(Err(()));
-            }
-            self.unflushed = true;
-        }
-        if self.unflushed {
-            match socket.poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                Poll::Pending => return Poll::Pending,
-            }
+        for text in reply.response.into_iter().chain(reply.after) {
+            out.text(text)?;
         }
         Poll::Ready(Ok(()))
+    }
+
+    fn busy(&self) -> bool {
+        self.call.is_some()
+    }
+
+    fn subscribed(&self) -> bool {
+        self.live > 0
+    }
+
+    fn render(&mut self, event: &Arc<Prepared>, out: &mut Outbox) -> Result<(), Full> {
+        let subs = self.subs.as_ref().expect("present between calls");
+        subs.notifications(event, out)
+    }
+
+    fn ended(&mut self, end: End) {
+        let metrics = &self.state.metrics;
+        if end == End::Slow {
+            metrics.slow_client_disconnected();
+        }
+        metrics.subscriptions_changed(-(self.live as i64));
+        metrics.connection_closed(true);
     }
 }
 

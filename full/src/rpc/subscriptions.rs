@@ -23,12 +23,12 @@ use crate::Importer;
 use crate::rpc::backend::NodeHandle;
 use alloy_primitives::B256;
 use alloy_rpc_types_eth::{Filter, Log as RpcLog};
+use bytes::Bytes;
+use luxtensor_fanout::{Full, Outbox, Ring};
 use luxtensor_light::{Block, Receipt, SignedTransaction};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// A block with its receipts, as the node imported it.
@@ -106,182 +106,33 @@ impl SubscriptionType {
     }
 }
 
-/// An event rendered once for every subscriber.
+/// An event rendered once for every subscriber: each result's JSON as the
+/// tail of its notification (`<result>}}`), which every connection writes
+/// after its subscription's prefix without copying ([`tail`]).
 #[derive(Debug)]
 pub(crate) enum Prepared {
-    /// A new head: its `newHeads` JSON.
-    Head { json: Arc<str> },
-    /// Logs of a block (new or removed), each with its JSON.
-    Logs(Vec<(RpcLog, Arc<str>)>),
-    /// A pending transaction: its hash and full JSON.
-    Pending { hash: Arc<str>, full: Arc<str> },
-    /// A sync status notification.
-    Syncing { json: Arc<str> },
+    /// A new head: its `newHeads` tail.
+    Head { tail: Bytes },
+    /// Logs of a block (new or removed), each with its tail.
+    Logs(Vec<(RpcLog, Bytes)>),
+    /// A pending transaction: the tails of its hash and of its full JSON.
+    Pending { hash: Bytes, full: Bytes },
+    /// A sync status notification's tail.
+    Syncing { tail: Bytes },
 }
 
-/// The bounded ring the dispatcher publishes [`Prepared`] events on and
-/// every WebSocket connection reads at its own pace.
-///
-/// It holds the last `capacity` events. A reader that is caught up leaves
-/// its waker; [`Ring::publish`] appends a batch and wakes each of those
-/// waiters once, so a block (header and logs) costs every waiting
-/// connection one wake-up. A reader whose next event has been overwritten
-/// gets [`Lagged`] and is disconnected by its connection.
-pub(crate) struct Ring {
-    state: Mutex<RingState>,
-    /// The publisher's spare waiter list (swapped with the ring's, so
-    /// neither is reallocated as connections come and go).
-    spare: Mutex<Vec<Waker>>,
-    receivers: AtomicUsize,
-}
+/// The node's event ring (see [`luxtensor_fanout::Ring`]).
+pub(crate) type EventRing = Ring<Arc<Prepared>>;
 
-struct RingState {
-    events: VecDeque<Arc<Prepared>>,
-    /// Sequence number of `events[0]`.
-    first: u64,
-    capacity: usize,
-    /// Readers waiting for the next event: at most one entry per reader
-    /// (see [`RingReceiver::waiting_at`]), plus stale ones of readers
-    /// dropped since the last publish.
-    waiters: Vec<Waker>,
-}
-
-impl RingState {
-    /// Sequence number of the next event to be published.
-    fn end(&self) -> u64 {
-        self.first + self.events.len() as u64
-    }
-}
-
-/// A reader fell a whole ring behind: the events it missed are gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Lagged;
-
-impl Ring {
-    /// An empty ring holding at most `capacity` (at least 1) events.
-    pub(crate) fn new(capacity: usize) -> Arc<Self> {
-        let capacity = capacity.max(1);
-        Arc::new(Self {
-            state: Mutex::new(RingState {
-                events: VecDeque::with_capacity(capacity),
-                first: 0,
-                capacity,
-                waiters: Vec::new(),
-            }),
-            spare: Mutex::new(Vec::new()),
-            receivers: AtomicUsize::new(0),
-        })
-    }
-
-    /// A reader that starts with the next event published.
-    pub(crate) fn subscribe(ring: &Arc<Self>) -> RingReceiver {
-        let next = ring.lock().end();
-        ring.receivers.fetch_add(1, Ordering::Relaxed);
-        RingReceiver {
-            ring: ring.clone(),
-            next,
-            waiting_at: None,
-        }
-    }
-
-    /// Number of live readers.
-    pub(crate) fn receiver_count(&self) -> usize {
-        self.receivers.load(Ordering::Relaxed)
-    }
-
-    /// Appends `events` (dropping the oldest beyond capacity) and wakes every
-    /// waiting reader once.
-    pub(crate) fn publish(&self, events: impl IntoIterator<Item = Arc<Prepared>>) {
-        let mut wake = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let mut state = self.lock();
-            let mut any = false;
-            for event in events {
-                if state.events.len() == state.capacity {
-                    state.events.pop_front();
-                    state.first += 1;
-                }
-                state.events.push_back(event);
-                any = true;
-            }
-            if !any {
-                return;
-            }
-            std::mem::swap(&mut state.waiters, &mut *wake);
-        }
-        // Outside the ring's lock: readers woken on other threads can read at once.
-        for waker in wake.drain(..) {
-            waker.wake();
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, RingState> {
-        // A panic while holding the lock cannot leave the ring inconsistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// One connection's position in the [`Ring`]. Polled by one task (its
-/// waker is left in the ring at most once per published batch).
-pub(crate) struct RingReceiver {
-    ring: Arc<Ring>,
-    /// Sequence number of the next event to read.
-    next: u64,
-    /// The ring's `end` when this reader last left its waker: while the
-    /// ring has not moved past it, the waker is still there.
-    waiting_at: Option<u64>,
-}
-
-impl std::fmt::Debug for RingReceiver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingReceiver")
-            .field("next", &self.next)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RingReceiver {
-    /// Moves up to `max` unread events into `out`, in order.
-    ///
-    /// `Ready(Ok(true))`: caught up, and the waker is left for the next
-    /// batch (no need to poll again before being woken). `Ready(Ok(false))`:
-    /// more events are waiting. `Pending`: nothing new; the waker is left.
-    pub(crate) fn poll_recv(
-        &mut self,
-        cx: &mut Context<'_>,
-        out: &mut Vec<Arc<Prepared>>,
-        max: usize,
-    ) -> Poll<Result<bool, Lagged>> {
-        let mut state = self.ring.lock();
-        if self.next < state.first {
-            return Poll::Ready(Err(Lagged));
-        }
-        let end = state.end();
-        let start = (self.next - state.first) as usize;
-        let take = ((end - self.next) as usize).min(max);
-        out.extend(state.events.range(start..start + take).cloned());
-        self.next += take as u64;
-        let caught_up = self.next == end;
-        if caught_up && self.waiting_at != Some(end) {
-            state.waiters.push(cx.waker().clone());
-            self.waiting_at = Some(end);
-        }
-        if take == 0 {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(caught_up))
-        }
-    }
-}
-
-impl Drop for RingReceiver {
-    fn drop(&mut self) {
-        self.ring.receivers.fetch_sub(1, Ordering::Relaxed);
-    }
+/// A result's JSON as the tail of a notification: `<json>}}`, one
+/// allocation shared by every subscriber's frame.
+fn tail(mut json: String) -> Bytes {
+    json.push_str("}}");
+    Bytes::from(json)
 }
 
 struct Shared {
-    ring: Arc<Ring>,
+    ring: Arc<EventRing>,
     filters: Mutex<Filters>,
     syncing: Mutex<bool>,
 }
@@ -367,8 +218,9 @@ impl Broadcaster {
         self.shared.ring.receiver_count()
     }
 
-    pub(crate) fn subscribe(&self) -> RingReceiver {
-        Ring::subscribe(&self.shared.ring)
+    /// The ring WebSocket connections read their events from.
+    pub(crate) fn ring(&self) -> &Arc<EventRing> {
+        &self.shared.ring
     }
 
     pub(crate) fn is_syncing(&self) -> bool {
@@ -388,15 +240,13 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
             let miner = renderer.caches.miner(&chain, &e.block.header);
             drop(chain);
             let header = eth::rpc_header(&e.block, miner);
-            let json: Arc<str> = serde_json::to_string(&header)
-                .expect("headers serialize")
-                .into();
+            let head = tail(serde_json::to_string(&header).expect("headers serialize"));
             let logs = render_logs(eth::block_logs(&e.block, &e.receipts, false));
             let mut filters = shared.filters.lock().expect("not poisoned");
             filters.on_block(e.block.hash(), &logs);
             drop(filters);
             renderer.metrics.set_head(e.block.header.number);
-            let mut prepared = vec![Prepared::Head { json }];
+            let mut prepared = vec![Prepared::Head { tail: head }];
             if !logs.is_empty() {
                 prepared.push(Prepared::Logs(logs));
             }
@@ -426,8 +276,8 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
                 .expect("not poisoned")
                 .on_pending(hash);
             vec![Prepared::Pending {
-                hash: serde_json::to_string(&hash).expect("hash").into(),
-                full: serde_json::to_string(&full).expect("tx").into(),
+                hash: tail(serde_json::to_string(&hash).expect("hash")),
+                full: tail(serde_json::to_string(&full).expect("tx")),
             }]
         }
         BroadcastEvent::SyncStatus { syncing } => {
@@ -442,7 +292,7 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
                     highest: 0,
                 });
             vec![Prepared::Syncing {
-                json: sync_notification(syncing.then_some(status)).into(),
+                tail: tail(sync_notification(syncing.then_some(status))),
             }]
         }
     };
@@ -451,10 +301,10 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
     renderer.metrics.observe_dispatch(started.elapsed());
 }
 
-fn render_logs(logs: Vec<RpcLog>) -> Vec<(RpcLog, Arc<str>)> {
+fn render_logs(logs: Vec<RpcLog>) -> Vec<(RpcLog, Bytes)> {
     logs.into_iter()
         .map(|log| {
-            let json = serde_json::to_string(&log).expect("logs serialize").into();
+            let json = tail(serde_json::to_string(&log).expect("logs serialize"));
             (log, json)
         })
         .collect()
@@ -495,10 +345,11 @@ enum Subscription {
     Syncing,
 }
 
-/// The subscriptions of one WebSocket connection.
+/// The subscriptions of one WebSocket connection, each with the prefix of
+/// its notifications ([`notification_prefix`]).
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionSubscriptions {
-    subs: HashMap<String, Subscription>,
+    subs: HashMap<String, (Subscription, Bytes)>,
 }
 
 /// What an `eth_subscribe` call produced.
@@ -594,7 +445,8 @@ impl ConnectionSubscriptions {
             Subscription::Syncing => Some(notification(&id, &sync_notification(syncing))),
             _ => None,
         };
-        self.subs.insert(id.clone(), sub);
+        self.subs
+            .insert(id.clone(), (sub, notification_prefix(&id)));
         Ok(Subscribed { id, initial })
     }
 
@@ -619,29 +471,29 @@ impl ConnectionSubscriptions {
         }
     }
 
-    /// The notifications `event` produces for this connection, in order.
-    pub fn notifications(&self, event: &Prepared, out: &mut Vec<String>) {
-        for (id, sub) in &self.subs {
+    /// Queues the notifications `event` produces for this connection, in
+    /// order: each its subscription's prefix and the event's shared tail.
+    pub fn notifications(&self, event: &Prepared, out: &mut Outbox) -> Result<(), Full> {
+        for (sub, prefix) in self.subs.values() {
             match (sub, event) {
-                (Subscription::NewHeads, Prepared::Head { json }) => {
-                    out.push(notification(id, json))
+                (Subscription::NewHeads, Prepared::Head { tail })
+                | (Subscription::Syncing, Prepared::Syncing { tail }) => {
+                    out.text_parts(prefix.clone(), tail.clone())?
                 }
                 (Subscription::Logs(filter), Prepared::Logs(logs)) => {
-                    for (log, json) in logs {
+                    for (log, tail) in logs {
                         if log_matches(filter, log) {
-                            out.push(notification(id, json));
+                            out.text_parts(prefix.clone(), tail.clone())?;
                         }
                     }
                 }
                 (Subscription::Pending { full }, Prepared::Pending { hash, full: tx }) => {
-                    out.push(notification(id, if *full { tx } else { hash }))
-                }
-                (Subscription::Syncing, Prepared::Syncing { json }) => {
-                    out.push(notification(id, json))
+                    out.text_parts(prefix.clone(), if *full { tx } else { hash }.clone())?
                 }
                 _ => {}
             }
         }
+        Ok(())
     }
 }
 
@@ -657,6 +509,14 @@ fn log_matches(filter: &Filter, log: &RpcLog) -> bool {
             .block_number
             .is_none_or(|n| filter.matches_block_range(n)),
     }
+}
+
+/// What precedes the result in every notification of subscription `id`:
+/// `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"<id>","result":`.
+pub(crate) fn notification_prefix(id: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"{id}","result":"#
+    ))
 }
 
 /// `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":id,"result":..}}`,
@@ -817,7 +677,7 @@ impl Filters {
         })
     }
 
-    fn on_block(&mut self, hash: B256, logs: &[(RpcLog, Arc<str>)]) {
+    fn on_block(&mut self, hash: B256, logs: &[(RpcLog, Bytes)]) {
         let max = self.max_items;
         for f in self.filters.values_mut() {
             if let FilterKind::Blocks(items) = &mut f.kind {
@@ -827,7 +687,7 @@ impl Filters {
         self.on_block_logs(logs);
     }
 
-    fn on_block_logs(&mut self, logs: &[(RpcLog, Arc<str>)]) {
+    fn on_block_logs(&mut self, logs: &[(RpcLog, Bytes)]) {
         let max = self.max_items;
         for f in self.filters.values_mut() {
             if let FilterKind::Logs(filter, items) = &mut f.kind {
@@ -860,103 +720,38 @@ fn push_bounded<T>(items: &mut VecDeque<T>, item: T, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Wake;
-
-    /// A waker that counts its wake-ups.
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn head(n: u64) -> Arc<Prepared> {
-        Arc::new(Prepared::Head {
-            json: n.to_string().into(),
-        })
-    }
-
-    fn numbers(events: &[Arc<Prepared>]) -> Vec<String> {
-        events
-            .iter()
-            .map(|e| match &**e {
-                Prepared::Head { json } => json.to_string(),
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect()
-    }
 
     #[test]
-    fn a_reader_gets_every_event_in_order_and_is_woken_once_per_batch() {
-        let ring = Ring::new(8);
-        let mut reader = Ring::subscribe(&ring);
-        assert_eq!(ring.receiver_count(), 1);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut out = Vec::new();
-        assert!(reader.poll_recv(&mut cx, &mut out, 64).is_pending());
-        // Polling again before anything arrives leaves no second waker.
-        assert!(reader.poll_recv(&mut cx, &mut out, 64).is_pending());
-        ring.publish([head(1), head(2)]);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake-up per batch");
-        // At most `max` at a time; then caught up, with the waker left.
-        assert_eq!(
-            reader.poll_recv(&mut cx, &mut out, 1),
-            Poll::Ready(Ok(false))
+    fn a_notification_frame_is_the_prefix_then_the_shared_tail() {
+        let json = r#"{"number":"0x1"}"#;
+        let mut subs = ConnectionSubscriptions::default();
+        let limits = RpcLimits::default();
+        let id = subs
+            .subscribe(&serde_json::json!(["newHeads"]), &limits, None)
+            .unwrap()
+            .id;
+        let event = Prepared::Head {
+            tail: tail(json.into()),
+        };
+        let mut out = Outbox::new(4);
+        subs.notifications(&event, &mut out).unwrap();
+        subs.notifications(
+            &Prepared::Syncing {
+                tail: tail("false".into()),
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1, "only the newHeads subscription matches");
+        let mut written: Vec<u8> = Vec::new();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            out.poll_write(std::pin::Pin::new(&mut written), &mut cx)
+                .is_ready()
         );
-        assert_eq!(
-            reader.poll_recv(&mut cx, &mut out, 1),
-            Poll::Ready(Ok(true))
-        );
-        assert_eq!(numbers(&out), ["1", "2"]);
-        ring.publish([head(3)]);
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
-        out.clear();
-        assert_eq!(
-            reader.poll_recv(&mut cx, &mut out, 64),
-            Poll::Ready(Ok(true))
-        );
-        assert_eq!(numbers(&out), ["3"]);
-        // A reader joining now starts with the next event.
-        let mut late = Ring::subscribe(&ring);
-        out.clear();
-        assert!(late.poll_recv(&mut cx, &mut out, 64).is_pending());
-        drop(late);
-        assert_eq!(ring.receiver_count(), 1);
-    }
-
-    #[test]
-    fn a_reader_a_whole_ring_behind_has_lagged() {
-        let ring = Ring::new(4);
-        let mut reader = Ring::subscribe(&ring);
-        for n in 0..4 {
-            ring.publish([head(n)]);
-        }
-        let waker = Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut out = Vec::new();
-        assert_eq!(
-            reader.poll_recv(&mut cx, &mut out, 2),
-            Poll::Ready(Ok(false))
-        );
-        // Two read, two unread, and five more published: two of them were dropped.
-        for n in 4..9 {
-            ring.publish([head(n)]);
-        }
-        assert_eq!(
-            reader.poll_recv(&mut cx, &mut out, 64),
-            Poll::Ready(Err(Lagged))
-        );
-        let mut fresh = Ring::subscribe(&ring);
-        ring.publish([head(9)]);
-        out.clear();
-        assert_eq!(
-            fresh.poll_recv(&mut cx, &mut out, 64),
-            Poll::Ready(Ok(true))
-        );
-        assert_eq!(numbers(&out), ["9"]);
+        let text = notification(&id, json);
+        let header = luxtensor_fanout::frame::Header::new(1, text.len());
+        assert_eq!(written, [header.as_bytes(), text.as_bytes()].concat());
     }
 
     #[test]
