@@ -8,12 +8,11 @@ use crate::frame::{Incoming, Reader};
 use crate::outbox::{Full, Outbox};
 use crate::ring::{Lagged, Ring, RingReceiver};
 use bytes::Bytes;
-use futures::task::AtomicWaker;
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -103,10 +102,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let read_wake = Arc::new(ReadWake {
-        woken: AtomicBool::new(true),
-        task: AtomicWaker::new(),
-    });
     let mut connection = Connection {
         stream,
         handler,
@@ -115,8 +110,6 @@ where
         batch: Vec::new(),
         out: Outbox::new(limits.send_queue),
         reader: Reader::new(limits.max_message),
-        read_waker: Waker::from(read_wake.clone()),
-        read_wake,
     };
     let end = poll_fn(|cx| connection.poll(cx)).await;
     connection.events = None;
@@ -143,25 +136,6 @@ where
     end
 }
 
-/// The waker a connection reads its socket with: notes that the socket may
-/// have something, then wakes the connection's task (so a wake-up by the
-/// ring costs no read of a socket that has nothing).
-struct ReadWake {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for ReadWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
 struct Connection<'h, S, H: Handler> {
     stream: S,
     handler: &'h mut H,
@@ -172,15 +146,12 @@ struct Connection<'h, S, H: Handler> {
     batch: Vec<H::Event>,
     out: Outbox,
     reader: Reader,
-    read_wake: Arc<ReadWake>,
-    read_waker: Waker,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Connection<'_, S, H> {
     /// Does all the work that is ready; `Pending` once every source
     /// (answers, ring, socket) has the task's waker.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        self.read_wake.task.register(cx.waker());
         for _ in 0..ROUNDS_PER_POLL {
             let mut again = false;
             match self.handler.poll_answers(cx, &mut self.out) {
@@ -209,16 +180,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Connection<'_, S, H> {
                     Poll::Pending => {}
                 }
             }
-            // A message, if the socket may have one (it has not said
-            // "nothing" since).
-            if !self.handler.busy()
-                && self.read_wake.woken.load(Ordering::Relaxed)
-                && self.read_wake.woken.swap(false, Ordering::Acquire)
-            {
-                match self.poll_read() {
+            // A message (tokio answers `Pending` without a system call
+            // while the socket has not been readable since the last read).
+            if !self.handler.busy() {
+                match self.poll_read(cx) {
                     Poll::Ready(Ok(incoming)) => {
                         // More may be buffered: read again next round.
-                        self.read_wake.woken.store(true, Ordering::Relaxed);
                         again = true;
                         let handled = match incoming {
                             Incoming::Text(body) | Incoming::Binary(body) => {
@@ -229,6 +196,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Connection<'_, S, H> {
                             Incoming::Ping(payload) => self.out.pong(payload).map_err(End::from),
                             Incoming::Pong => Ok(()),
                             Incoming::Close(code) => {
+                                // Echo the client's code if it may be sent (7.4).
+                                let code = code.filter(
+                                    |c| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999),
+                                );
                                 self.out.close(code.unwrap_or(1000), "");
                                 Err(End::Closed)
                             }
@@ -253,20 +224,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Connection<'_, S, H> {
         Poll::Pending
     }
 
-    /// The next message: from what was read already, else from the socket
-    /// (with the read waker). `Err`: the socket ended, failed, or broke
-    /// the protocol.
-    fn poll_read(&mut self) -> Poll<Result<Incoming, End>> {
-        let mut read_cx = Context::from_waker(&self.read_waker);
-        let mut chunk = [0u8; READ_CHUNK];
+    /// The next message: from what was read already, else from the socket.
+    /// `Err`: the socket ended, failed, or broke the protocol.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, End>> {
+        // Not zeroed: tokio's `ReadBuf` tracks what the read filled.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
             match self.reader.next_message() {
                 Ok(Some(incoming)) => return Poll::Ready(Ok(incoming)),
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(End::Protocol(e.close_code()))),
             }
-            let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut self.stream).poll_read(&mut read_cx, &mut buf) {
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                     return Poll::Ready(Err(End::Closed));
                 }
