@@ -203,7 +203,8 @@ pub struct Engine {
     /// First proposal seen per (slot, proposer key).
     proposals_seen: HashMap<(u64, BlsPublicKey), SignedHeader>,
     /// Valid blocks accepted per (slot, proposer index): at most two (enough
-    /// to follow either side of an equivocation and to prove it).
+    /// to follow either side of an equivocation and to prove it), plus any
+    /// block a valid QC names (see `Engine::named_by_valid_qc`).
     blocks_per_proposer: HashMap<(u64, u32), u8>,
     /// Pending evidence (detected here or received and checked), with the
     /// slot it was last broadcast in: at most one proof per offence and at
@@ -618,21 +619,27 @@ impl Engine {
         if self.tree.contains(&hash) {
             return;
         }
-        // A block for a future slot cannot be honest yet; a proposer gets two blocks per slot at most.
+        // A block for a future slot cannot be honest yet.
         let slot = block.header.slot;
+        if slot > self.slot_at(self.now_ms) + 1 {
+            return;
+        }
+        // A proposer gets two blocks per slot at most (anti-spam), except a
+        // block that a valid QC names: the certified chain is never refused,
+        // whatever an equivocator sent first.
         let proposer_key = (slot, block.header.proposer_index);
-        if slot > self.slot_at(self.now_ms) + 1
-            || self
-                .blocks_per_proposer
-                .get(&proposer_key)
-                .is_some_and(|n| *n >= 2)
-        {
+        let capped = self
+            .blocks_per_proposer
+            .get(&proposer_key)
+            .is_some_and(|n| *n >= 2);
+        if capped && !self.named_by_valid_qc(hash, &block) {
             return;
         }
         let parent_qc = block.header.parent_qc.clone();
         match self.tree.insert_hashed(hash, block.clone()) {
             Ok(finalized) => {
-                *self.blocks_per_proposer.entry(proposer_key).or_default() += 1;
+                let count = self.blocks_per_proposer.entry(proposer_key).or_default();
+                *count = count.saturating_add(1);
                 self.note_certificate(&parent_qc);
                 self.on_finalized(finalized);
                 self.detect_double_proposal(hash, &block);
@@ -655,6 +662,54 @@ impl Engine {
             Err(TreeError::Stale(_)) => {}
             Err(TreeError::Full) | Err(TreeError::Invalid(_)) => self.stats.invalid_blocks += 1,
         }
+    }
+
+    /// Whether a valid QC names `block` (whose hash is `hash`) though the
+    /// block is not in the tree yet: a QC received on its own (waiting in
+    /// `early_qcs`) or the parent QC of a buffered child that asked for it.
+    /// Asked only for a block the per-proposer cap would refuse, so the
+    /// pairing it may cost is spent only then; a QC that fails its check is
+    /// dropped with the children carrying it, so a forgery costs one pairing,
+    /// once. Honest validators vote once per slot, so at most one block per
+    /// slot and set is certified: the cap still bounds what a byzantine
+    /// proposer puts in the tree. If the block's parent is missing too, there
+    /// is no set to check the QC against yet: a named block then waits among
+    /// the (bounded) orphans and is judged again when its parent arrives.
+    fn named_by_valid_qc(&mut self, hash: B256, block: &Block) -> bool {
+        let slot = block.header.slot;
+        let mut candidates: Vec<QuorumCert> = Vec::new();
+        let waiting = self.early_qcs.iter();
+        let carried = self
+            .orphans
+            .values()
+            .filter(|child| child.header.parent_hash == hash)
+            .map(|child| &child.header.parent_qc);
+        for qc in waiting.chain(carried) {
+            if qc.block_hash == hash && qc.slot == slot && !candidates.contains(qc) {
+                candidates.push(qc.clone());
+            }
+        }
+        if candidates.is_empty() {
+            return false;
+        }
+        let Some(parent) = self.tree.get(&block.header.parent_hash) else {
+            return true; // it joins the orphans; judged once its parent is in
+        };
+        let (epoch, set) = parent.child_epoch();
+        if epoch != block.header.epoch {
+            return false; // the tree would refuse it as invalid anyway
+        }
+        for qc in candidates {
+            if qc
+                .verify_cached(&set, self.spec.chain_id, &self.verified)
+                .is_ok()
+            {
+                return true;
+            }
+            self.early_qcs.retain(|q| *q != qc);
+            self.orphans.retain(|_, child| child.header.parent_qc != qc);
+        }
+        false
     }
 
     /// Requests the missing parents of buffered blocks (lowest first, a few
@@ -1550,6 +1605,126 @@ mod tests {
         assert_eq!(sent(drain(&mut node)), 1, "a block left it out: sent again");
         node.handle_message(Message::Proposal(Box::new(twin)));
         assert_eq!(sent(drain(&mut node)), 0, "not again within the same slots");
+    }
+
+    /// The first block among `actions`.
+    fn proposal(actions: Vec<Action>) -> Option<Block> {
+        actions.into_iter().find_map(|a| match a {
+            Action::Broadcast(Message::Proposal(b)) => Some(*b),
+            _ => None,
+        })
+    }
+
+    /// A QC of genesis validators `signers` for `hash` at `slot`.
+    fn certificate(spec: &ChainSpec, slot: u64, hash: B256, signers: &[u32]) -> QuorumCert {
+        let set = spec.genesis_set().unwrap();
+        let mut builder = QcBuilder::new(slot, hash, &set);
+        for &i in signers {
+            let vote = Vote::sign(&devnet_validator_key(i), spec.chain_id, slot, hash, i);
+            builder.add_verified_vote(&vote, &set).unwrap();
+        }
+        builder
+            .certificate(&set)
+            .expect("three of four are a quorum")
+    }
+
+    #[test]
+    fn a_certified_block_is_accepted_though_its_equivocating_proposer_filled_the_cap() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let at = |slot: u64| {
+            1000 * spec.genesis_timestamp + slot * spec.slot_duration_ms + spec.slot_duration_ms / 2
+        };
+        let memory = || Box::new(MemorySlashingProtection::default());
+        let proposer = set.proposer_index(1) as u32;
+        let mut proposing = engine(&spec, proposer, memory());
+        proposing.handle_tick(at(1));
+        let canonical = proposal(drain(&mut proposing)).expect("the proposer of slot 1 proposes");
+        // The equivocator sends three other blocks for slot 1.
+        let owner = set.validators()[proposer as usize].owner;
+        let twins: Vec<Block> = (1..=3u64)
+            .map(|value| {
+                let tx = transfer(
+                    &dev_signer(proposer),
+                    spec.chain_id,
+                    0,
+                    owner,
+                    U256::from(value),
+                );
+                proposing.build_proposal(1, vec![tx]).unwrap()
+            })
+            .collect();
+        // The others certified the canonical block and built on it in slot 2.
+        let qc = certificate(
+            &spec,
+            1,
+            canonical.hash(),
+            &[0, 1, 2, 3].map(|k| (proposer + k) % 4)[..3],
+        );
+        let mut next = engine(&spec, set.proposer_index(2) as u32, memory());
+        next.handle_tick(at(1));
+        next.handle_message(Message::Proposal(Box::new(canonical.clone())));
+        next.handle_message(Message::Certificate(qc.clone()));
+        next.handle_tick(at(2));
+        let child = proposal(drain(&mut next)).expect("the proposer of slot 2 proposes");
+        assert_eq!(child.header.parent_qc, qc);
+
+        let [by_child, by_qc] = [1, 2].map(|k| (proposer + k) % 4);
+        for (observer, named_by_child) in [(by_child, true), (by_qc, false)] {
+            let mut node = engine(&spec, observer, memory());
+            node.handle_tick(at(1));
+            for twin in &twins[..2] {
+                node.handle_message(Message::Proposal(Box::new(twin.clone())));
+            }
+            node.handle_message(Message::Proposal(Box::new(canonical.clone())));
+            assert!(
+                node.block(&canonical.hash()).is_none(),
+                "two blocks of the proposer fill its slot; nothing names a third yet"
+            );
+            node.handle_tick(at(2));
+            drain(&mut node);
+            // What names the canonical block: a verified child's parent QC,
+            // or the QC received on its own. Either way the node asks for it.
+            let named = if named_by_child {
+                Message::Proposal(Box::new(child.clone()))
+            } else {
+                Message::Certificate(qc.clone())
+            };
+            node.handle_message(named);
+            assert!(
+                drain(&mut node)
+                    .contains(&Action::Broadcast(Message::BlockRequest(canonical.hash()))),
+                "asks for the block it misses"
+            );
+            // The answer to the request is taken in, and certified.
+            node.handle_message(Message::Proposal(Box::new(canonical.clone())));
+            let taken = node
+                .block(&canonical.hash())
+                .expect("a certified block is never capped");
+            assert_eq!(taken.qc.as_ref(), Some(&qc));
+            assert_eq!(node.head().hash(), canonical.hash());
+            if named_by_child {
+                assert!(
+                    node.block(&child.hash()).is_some(),
+                    "the waiting child follows"
+                );
+            }
+            assert_eq!(node.stats().invalid_blocks, 0);
+
+            // The cap still holds for what no valid QC names, even under a
+            // forged QC (which is dropped after its one failed check).
+            let forged = QuorumCert {
+                block_hash: twins[2].hash(),
+                ..qc.clone()
+            };
+            node.handle_message(Message::Certificate(forged.clone()));
+            node.handle_message(Message::Proposal(Box::new(twins[2].clone())));
+            assert!(
+                node.block(&twins[2].hash()).is_none(),
+                "a fourth block stays out"
+            );
+            assert!(!node.early_qcs.contains(&forged));
+        }
     }
 
     #[test]

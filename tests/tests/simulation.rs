@@ -96,11 +96,18 @@ fn simulation_staking_changes_the_set_across_epochs() {
 }
 
 /// Random seeds that broke an invariant once, each with what it broke.
-const REGRESSION_SEEDS: &[(u64, &str)] = &[(
-    1754,
-    "the only honest witness of a double proposal never proposed while the \
-     evidence was admissible: evidence must be gossiped (equivocator 8 stayed in the set)",
-)];
+const REGRESSION_SEEDS: &[(u64, &str)] = &[
+    (
+        1754,
+        "the only honest witness of a double proposal never proposed while the \
+         evidence was admissible: evidence must be gossiped (equivocator 8 stayed in the set)",
+    ),
+    (
+        1926,
+        "an equivocator's two extra blocks for slot 1 filled node 2's per-proposer cap, which \
+         then refused the certified block #1 forever: a block a valid QC names is never capped",
+    ),
+];
 
 #[test]
 fn simulation_regression_seeds() {
