@@ -15,6 +15,14 @@ use std::time::Duration;
 /// The sync protocol's name.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/luxtensor/sync/1");
 
+/// The gossipsub id of a message with payload `data`: the first 20 bytes
+/// of its keccak256, so the same payload from any peer (or published twice
+/// within the duplicate window) is one message. A payload that must go out
+/// again has to differ (see [`super::wire::EvidenceMessage`]).
+pub fn message_id(data: &[u8]) -> gossipsub::MessageId {
+    gossipsub::MessageId::from(alloy_primitives::keccak256(data)[..20].to_vec())
+}
+
 /// Every sub-behaviour of a node, driven by one swarm.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -162,11 +170,7 @@ impl Behaviour {
             // A full block, compressed (the default is 64 KiB).
             .max_transmit_size(max_frame(super::wire::MAX_GOSSIP_BYTES) + 1024)
             // Content-addressed: the same payload from two peers is one message.
-            .message_id_fn(|message: &gossipsub::Message| {
-                gossipsub::MessageId::from(
-                    alloy_primitives::keccak256(&message.data)[..20].to_vec(),
-                )
-            })
+            .message_id_fn(|message: &gossipsub::Message| message_id(&message.data))
             // Small devnets: mesh with everyone we know.
             .mesh_n_low(2)
             .mesh_outbound_min(1)

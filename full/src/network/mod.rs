@@ -1,6 +1,7 @@
 //! libp2p networking: TCP with noise and yamux, gossipsub topics for blocks,
-//! votes, QCs and transactions, a request-response protocol for sync,
-//! identify, ping, connection limits and peer scoring with bans.
+//! votes, QCs, transactions and slashing evidence, a request-response
+//! protocol for sync, identify, ping, connection limits and peer scoring with
+//! bans.
 //!
 //! | module | what it holds |
 //! |---|---|
@@ -17,4 +18,4 @@ pub mod wire;
 pub use behaviour::{Behaviour, BehaviourConfig};
 pub use peer_score::{Misbehaviour, PeerScores, ScoreConfig};
 pub use service::{Network, NetworkConfig, NetworkError, NetworkEvent};
-pub use wire::{GossipMessage, PeerStatus, SyncRequest, SyncResponse, Topic};
+pub use wire::{EvidenceMessage, GossipMessage, PeerStatus, SyncRequest, SyncResponse, Topic};

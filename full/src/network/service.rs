@@ -250,6 +250,16 @@ impl Network {
         }
     }
 
+    /// Tells gossipsub not to forward a received message that is well-formed
+    /// but out of date (a stale evidence stamp), without penalising the
+    /// sender.
+    pub fn ignore(&mut self, from: PeerId, id: &MessageId) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, &from, MessageAcceptance::Ignore);
+    }
+
     /// Sends a sync request.
     pub fn request(&mut self, peer: PeerId, request: &SyncRequest) -> OutboundRequestId {
         self.swarm

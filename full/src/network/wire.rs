@@ -134,6 +134,37 @@ pub struct VoteMessage {
     pub vote: Vote,
 }
 
+/// Slashing evidence as gossiped: the proof and the slot its sender sent
+/// this copy in. Gossipsub names a message by the hash of its bytes
+/// ([`super::behaviour::message_id`]) and drops one it has seen within its
+/// duplicate window (about a minute), so without the slot a proof sent again
+/// a few slots later (`consensus::EVIDENCE_RESEND_SLOTS`, after a partition
+/// heals) would never leave the node. Copies sent in one slot (the original
+/// and every node passing it on, or two holders sending it again) still have
+/// the same bytes and travel once.
+#[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+pub struct EvidenceMessage {
+    /// The slot the sender sent this copy in; receivers forward only copies
+    /// stamped with a recent slot ([`EvidenceMessage::is_recent`]), so old
+    /// proofs cannot be replayed under ever new stamps.
+    pub slot: u64,
+    /// The proof.
+    pub evidence: Evidence,
+}
+
+impl EvidenceMessage {
+    /// Slots a stamp may lag behind the receiver's clock and still be
+    /// forwarded (delivery across a slot boundary, clock skew).
+    pub const RECENT_SLOTS: u64 = 2;
+
+    /// Whether the stamp is recent at `current_slot`: at most
+    /// [`Self::RECENT_SLOTS`] behind and at most one ahead.
+    pub fn is_recent(&self, current_slot: u64) -> bool {
+        self.slot.saturating_add(Self::RECENT_SLOTS) >= current_slot
+            && self.slot <= current_slot.saturating_add(1)
+    }
+}
+
 /// One gossip message, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GossipMessage {
@@ -145,8 +176,8 @@ pub enum GossipMessage {
     Certificate(QuorumCert),
     /// A pending transaction.
     Transaction(Box<SignedTransaction>),
-    /// Proof of a slashable offence.
-    Evidence(Evidence),
+    /// Proof of a slashable offence, stamped with the slot it was sent in.
+    Evidence(EvidenceMessage),
 }
 
 impl GossipMessage {
@@ -404,11 +435,14 @@ mod tests {
         use luxtensor_light::evidence::DoubleVote;
         let key = luxtensor_light::chain_spec::devnet_validator_key(1);
         let vote = |byte| Vote::sign(&key, 31337, 4, B256::repeat_byte(byte), 1);
-        let evidence = GossipMessage::Evidence(Evidence::DoubleVote(Box::new(DoubleVote {
-            epoch: 0,
-            first: vote(1),
-            second: vote(2),
-        })));
+        let evidence = GossipMessage::Evidence(EvidenceMessage {
+            slot: 5,
+            evidence: Evidence::DoubleVote(Box::new(DoubleVote {
+                epoch: 0,
+                first: vote(1),
+                second: vote(2),
+            })),
+        });
         assert_eq!(evidence.topic(), Topic::Evidence);
         let decoded = GossipMessage::decode(Topic::Evidence, &evidence.encode()).unwrap();
         assert_eq!(decoded, evidence);
@@ -426,6 +460,53 @@ mod tests {
         for len in 0..rlp.len() {
             assert!(GossipMessage::decode(Topic::Evidence, &compress(&rlp[..len])).is_err());
         }
+    }
+
+    #[test]
+    fn evidence_sent_again_in_a_later_slot_is_a_new_gossip_message() {
+        use super::super::behaviour::message_id;
+        use luxtensor_light::evidence::DoubleVote;
+        let key = luxtensor_light::chain_spec::devnet_validator_key(1);
+        let vote = |byte| Vote::sign(&key, 31337, 4, B256::repeat_byte(byte), 1);
+        let evidence = Evidence::DoubleVote(Box::new(DoubleVote {
+            epoch: 0,
+            first: vote(1),
+            second: vote(2),
+        }));
+        let sent_at = |slot| {
+            GossipMessage::Evidence(EvidenceMessage {
+                slot,
+                evidence: evidence.clone(),
+            })
+            .encode()
+        };
+        // Gossipsub drops a payload whose id it saw within its duplicate
+        // window: a resend two slots later must have another id...
+        let (first, resent) = (
+            sent_at(5),
+            sent_at(5 + crate::consensus::EVIDENCE_RESEND_SLOTS),
+        );
+        assert_ne!(message_id(&first), message_id(&resent));
+        // ...while copies sent in the same slot (passed on, or by two
+        // holders) stay one message.
+        assert_eq!(message_id(&first), message_id(&sent_at(5)));
+        for bytes in [&first, &resent] {
+            match GossipMessage::decode(Topic::Evidence, bytes).unwrap() {
+                GossipMessage::Evidence(message) => assert_eq!(message.evidence, evidence),
+                other => panic!("decoded {other:?}"),
+            }
+        }
+        // Receivers forward only recently stamped copies (no replays).
+        let stamped = |slot| EvidenceMessage {
+            slot,
+            evidence: evidence.clone(),
+        };
+        assert!(stamped(5).is_recent(5));
+        assert!(stamped(5).is_recent(5 + EvidenceMessage::RECENT_SLOTS));
+        assert!(!stamped(5).is_recent(6 + EvidenceMessage::RECENT_SLOTS));
+        assert!(stamped(6).is_recent(5));
+        assert!(!stamped(7).is_recent(5));
+        assert!(stamped(0).is_recent(0) && !stamped(u64::MAX).is_recent(0));
     }
 
     #[test]

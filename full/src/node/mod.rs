@@ -21,7 +21,7 @@ use crate::consensus::{Action, ConsensusConfig, Engine, Message, Root};
 use crate::execution::epoch_position;
 use crate::network::{
     BehaviourConfig, GossipMessage, Network, NetworkConfig, NetworkEvent, PeerStatus, ScoreConfig,
-    SyncRequest, SyncResponse, service::now_ms, wire::VoteMessage,
+    SyncRequest, SyncResponse, service::now_ms, wire::EvidenceMessage, wire::VoteMessage,
 };
 use crate::rpc::{BroadcastEvent, Broadcaster, RpcConfig, RpcLimits, RpcState};
 use crate::slashing_protection::{
@@ -497,14 +497,23 @@ impl Node {
                 true
             }
             // A forged or inconsistent proof counts against the sender;
-            // one that is merely stale or known here does not.
-            GossipMessage::Evidence(evidence) => match self.engine.handle_evidence(evidence) {
-                Ok(_) => true,
-                Err(rejection) => {
-                    tracing::debug!(%from, %rejection, "gossiped evidence refused");
-                    !rejection.is_fault()
+            // one that is merely stale or known here does not. A valid proof
+            // under an old stamp is kept but not forwarded: stamps only make
+            // a fresh resend a new gossip message, never a replay.
+            GossipMessage::Evidence(message) => {
+                let recent = message.is_recent(self.engine.slot_at(now_ms()));
+                match self.engine.handle_evidence(message.evidence) {
+                    Ok(_) if !recent => {
+                        self.network.ignore(from, &id);
+                        return;
+                    }
+                    Ok(_) => true,
+                    Err(rejection) => {
+                        tracing::debug!(%from, %rejection, "gossiped evidence refused");
+                        !rejection.is_fault()
+                    }
                 }
-            },
+            }
             GossipMessage::Transaction(tx) => {
                 if self.engine.submit_transaction((*tx).clone()).is_ok() {
                     self.live.remember_pending((*tx).clone());
@@ -531,12 +540,17 @@ impl Node {
                     self.network.publish(&GossipMessage::Certificate(qc));
                 }
                 Action::Broadcast(Message::BlockRequest(hash)) => self.request_block(hash),
-                // This node's own proofs go out here; a received proof that
-                // the engine passes on again has the same bytes, so
-                // gossipsub (content-addressed) drops the duplicate and
-                // forwards the original itself once it is reported valid.
+                // This node's own proofs and resends go out here, stamped
+                // with the current slot so that a resend is a new gossip
+                // message (ids are content hashes). A received proof that
+                // the engine passes on in the slot it was stamped in has the
+                // same bytes, so gossipsub drops the duplicate and forwards
+                // the original itself once it is reported valid; passed on
+                // in a later slot, it goes out once more (once per node).
                 Action::Broadcast(Message::Evidence(evidence)) => {
-                    self.network.publish(&GossipMessage::Evidence(evidence));
+                    let slot = self.engine.slot_at(now_ms());
+                    self.network
+                        .publish(&GossipMessage::Evidence(EvidenceMessage { slot, evidence }));
                 }
                 Action::Finalized(blocks) => self.persist_finalized(&blocks)?,
                 Action::Misbehaviour { evidence, offender } => {
