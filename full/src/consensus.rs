@@ -108,6 +108,18 @@ pub enum Message {
     Evidence(Evidence),
 }
 
+/// What became of a proof of an offence given to [`Engine::handle_evidence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvidenceVerdict {
+    /// Checked, new here: kept for the next proposals and broadcast.
+    New,
+    /// The very proof already held (checked when it came): it may be passed on.
+    Held,
+    /// Not checked, and not to be passed on: another proof of an offence
+    /// already held or punished, or the pool of pending proofs is full.
+    Unchecked,
+}
+
 /// What the engine asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -328,16 +340,22 @@ impl Engine {
     /// next proposal builds on ([`execution::check_evidence`]: signatures
     /// under the set of its epoch, one slot, two different messages, an
     /// admissible epoch, an offence not punished yet). A valid new proof is
-    /// kept for the next proposals and broadcast once more; returns whether
-    /// it was new. An error that [`EvidenceRejection::is_fault`] means the
-    /// sender sent a forged or inconsistent proof; other errors mean it is
-    /// merely untimely here (stale, punished already, of an epoch this
-    /// engine does not know).
-    pub fn handle_evidence(&mut self, evidence: Evidence) -> Result<bool, EvidenceRejection> {
+    /// kept for the next proposals and broadcast once more. The verdict
+    /// says whether the proof may be passed on (see [`EvidenceVerdict`]). An
+    /// error that [`EvidenceRejection::is_fault`] means the sender sent a
+    /// forged or inconsistent proof; other errors mean it is merely untimely
+    /// here (stale, punished already, of an epoch this engine does not know).
+    pub fn handle_evidence(
+        &mut self,
+        evidence: Evidence,
+    ) -> Result<EvidenceVerdict, EvidenceRejection> {
+        if self.evidence.iter().any(|(held, _)| *held == evidence) {
+            return Ok(EvidenceVerdict::Held);
+        }
         if self.holds_offence(&offence_of(&evidence))
             || self.evidence.len() >= self.config.max_pending
         {
-            return Ok(false);
+            return Ok(EvidenceVerdict::Unchecked);
         }
         let head = self.tree.highest_certified();
         let offender = execution::check_evidence(
@@ -351,11 +369,11 @@ impl Engine {
                 self.stats.invalid_evidence += 1;
             }
         })?;
-        let new = self.record_evidence(evidence, offender.public_key);
-        if new {
-            self.stats.evidence_received += 1;
+        if !self.record_evidence(evidence, offender.public_key) {
+            return Ok(EvidenceVerdict::Unchecked);
         }
-        Ok(new)
+        self.stats.evidence_received += 1;
+        Ok(EvidenceVerdict::New)
     }
 
     /// Whether a proof of `offence` is pending here or was finalized.
@@ -1499,7 +1517,10 @@ mod tests {
         assert!(drain(&mut node).is_empty());
 
         // A valid new proof is kept, reported and passed on once.
-        assert_eq!(node.handle_evidence(evidence.clone()), Ok(true));
+        assert_eq!(
+            node.handle_evidence(evidence.clone()),
+            Ok(EvidenceVerdict::New)
+        );
         let actions = drain(&mut node);
         let sent: Vec<_> = actions
             .iter()
@@ -1521,8 +1542,17 @@ mod tests {
 
         // The same proof again, or another proof of the same offence
         // (offender and slot), is not kept or sent again: no gossip storm.
-        assert_eq!(node.handle_evidence(evidence.clone()), Ok(false));
+        // The same proof may be passed on; another one is not even checked,
+        // so it must not be (a forged twin of a held offence is not relayed).
+        assert_eq!(
+            node.handle_evidence(evidence.clone()),
+            Ok(EvidenceVerdict::Held)
+        );
         let other = double_vote(vote(offender, 2), vote(offender, 3));
+        assert_eq!(
+            node.handle_evidence(other.clone()),
+            Ok(EvidenceVerdict::Unchecked)
+        );
         node.handle_message(Message::Evidence(other));
         assert!(drain(&mut node).is_empty());
 
@@ -1577,7 +1607,7 @@ mod tests {
         let mut node = engine(&spec, holder, Box::new(MemorySlashingProtection::default()));
         node.handle_tick(at(1));
         drain(&mut node);
-        assert_eq!(node.handle_evidence(evidence), Ok(true));
+        assert_eq!(node.handle_evidence(evidence), Ok(EvidenceVerdict::New));
         assert_eq!(sent(drain(&mut node)), 1, "sent when first received");
 
         // The proposer of a later slot never got it (a partition, say).

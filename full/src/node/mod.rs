@@ -17,7 +17,7 @@ pub mod sync_import;
 pub use handle::{LiveNode, NodeCommand};
 pub use serve::Throttle;
 
-use crate::consensus::{Action, ConsensusConfig, Engine, Message, Root};
+use crate::consensus::{Action, ConsensusConfig, Engine, EvidenceVerdict, Message, Root};
 use crate::execution::epoch_position;
 use crate::network::{
     BehaviourConfig, GossipMessage, Network, NetworkConfig, NetworkEvent, PeerStatus, ScoreConfig,
@@ -497,12 +497,18 @@ impl Node {
                 true
             }
             // A forged or inconsistent proof counts against the sender;
-            // one that is merely stale or known here does not. A valid proof
-            // under an old stamp is kept but not forwarded: stamps only make
-            // a fresh resend a new gossip message, never a replay.
+            // one that is merely stale or known here does not. Only a proof
+            // checked here (now, or the very one held) is forwarded, and a
+            // valid proof under an old stamp is kept but not forwarded:
+            // stamps only make a fresh resend a new gossip message, never a
+            // replay.
             GossipMessage::Evidence(message) => {
                 let recent = message.is_recent(self.engine.slot_at(now_ms()));
                 match self.engine.handle_evidence(message.evidence) {
+                    Ok(EvidenceVerdict::Unchecked) => {
+                        self.network.ignore(from, &id);
+                        return;
+                    }
                     Ok(_) if !recent => {
                         self.network.ignore(from, &id);
                         return;
