@@ -163,7 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Connection<'_, S, H> {
                 Poll::Pending => {}
             }
             if !self.handler.busy()
-                && let Some(events) = &mut self.events
+                && let Some(events) = self.events.as_mut().filter(|e| !e.is_paused())
             {
                 match events.poll_recv(cx, &mut self.batch, EVENTS_PER_POLL) {
                     Poll::Ready(Err(Lagged)) => return Poll::Ready(End::Slow),
@@ -196,10 +196,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Connection<'_, S, H> {
                             Incoming::Ping(payload) => self.out.pong(payload).map_err(End::from),
                             Incoming::Pong => Ok(()),
                             Incoming::Close(code) => {
-                                // Echo the client's code if it may be sent (7.4).
-                                let code = code.filter(
-                                    |c| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999),
-                                );
+                                // Echo the client's code (the reader refuses
+                                // codes that may not be sent, 7.4).
                                 self.out.close(code.unwrap_or(1000), "");
                                 Err(End::Closed)
                             }
@@ -247,12 +245,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Connection<'_, S, H> {
         }
     }
 
-    /// Reads the ring exactly while the handler has subscriptions.
+    /// Reads the ring exactly while the handler has subscriptions. The
+    /// receiver is paused, not dropped, when the last one goes, so that
+    /// subscribing and unsubscribing in a loop leaves no wakers behind.
     fn follow_subscriptions(&mut self) {
-        match (self.handler.subscribed(), &self.events) {
+        match (self.handler.subscribed(), &mut self.events) {
             (true, None) => self.events = Some(Ring::subscribe(&self.ring)),
-            (false, Some(_)) => self.events = None,
-            _ => {}
+            (true, Some(events)) => events.resume(),
+            (false, Some(events)) => events.pause(),
+            (false, None) => {}
         }
     }
 }

@@ -76,25 +76,39 @@ pub enum Incoming {
 }
 
 /// Client input that breaks RFC 6455 or the server's size limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     /// A client frame must be masked (section 5.1).
+    #[error("a client frame was not masked")]
     Unmasked,
     /// Reserved bits set without a negotiated extension (5.2).
+    #[error("reserved bits set without an extension")]
     ReservedBits,
     /// An opcode RFC 6455 does not define.
+    #[error("unknown opcode {0}")]
     UnknownOpcode(u8),
-    /// A control frame fragmented, longer than 125 bytes, or a close
-    /// frame with a 1-byte payload (5.5).
+    /// A control frame fragmented or longer than 125 bytes, or a close
+    /// frame with a 1-byte payload or a code that may not be sent (5.5, 7.4).
+    #[error("malformed control frame")]
     BadControlFrame,
     /// A continuation frame with no message to continue (5.4).
+    #[error("a continuation frame with no message to continue")]
     UnexpectedContinuation,
     /// A new message started before the fragmented one ended (5.4).
+    #[error("a new message before the fragmented one ended")]
     ExpectedContinuation,
     /// The message is longer than the server accepts.
+    #[error("message too big")]
     TooBig,
-    /// A text message that is not UTF-8 (8.1).
+    /// A text message (or a close reason) that is not UTF-8 (8.1).
+    #[error("text that is not UTF-8")]
     InvalidUtf8,
+}
+
+/// Whether a client may send `code` in a close frame (RFC 6455 section
+/// 7.4: the defined codes that may go on the wire, and 3000–4999).
+fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 impl ProtocolError {
@@ -142,13 +156,20 @@ impl Reader {
             };
             let (opcode, payload) = match opcode {
                 CLOSE => {
-                    return match payload.len() {
-                        0 => Ok(Some(Incoming::Close(None))),
-                        1 => Err(ProtocolError::BadControlFrame),
-                        _ => Ok(Some(Incoming::Close(Some(u16::from_be_bytes([
-                            payload[0], payload[1],
-                        ]))))),
+                    let Some((code, reason)) = payload.split_first_chunk::<2>() else {
+                        return match payload.len() {
+                            0 => Ok(Some(Incoming::Close(None))),
+                            _ => Err(ProtocolError::BadControlFrame),
+                        };
                     };
+                    let code = u16::from_be_bytes(*code);
+                    if !sendable_close_code(code) {
+                        return Err(ProtocolError::BadControlFrame);
+                    }
+                    if std::str::from_utf8(reason).is_err() {
+                        return Err(ProtocolError::InvalidUtf8);
+                    }
+                    return Ok(Some(Incoming::Close(Some(code))));
                 }
                 PING => return Ok(Some(Incoming::Ping(payload.into()))),
                 PONG => return Ok(Some(Incoming::Pong)),
@@ -196,6 +217,10 @@ impl Reader {
             return Err(ProtocolError::ReservedBits);
         }
         let opcode = b0 & 0x0f;
+        // Refused from the header, before any payload is buffered.
+        if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
+            return Err(ProtocolError::UnknownOpcode(opcode));
+        }
         if b1 & 0x80 == 0 {
             return Err(ProtocolError::Unmasked);
         }
@@ -213,8 +238,12 @@ impl Reader {
         if opcode >= CLOSE && (!fin || len > 125) {
             return Err(ProtocolError::BadControlFrame);
         }
-        // Refused before its payload is buffered.
-        let so_far = self.partial.as_ref().map_or(0, |(_, p)| p.len());
+        // Refused before its payload is buffered. A control frame between
+        // fragments does not add to the message.
+        let so_far = match opcode {
+            CLOSE.. => 0,
+            _ => self.partial.as_ref().map_or(0, |(_, p)| p.len()),
+        };
         if len > (self.max_message.saturating_sub(so_far)) as u64 {
             return Err(ProtocolError::TooBig);
         }
@@ -394,6 +423,31 @@ mod tests {
             read_all(64, &client(0x81, &[0xc3, 0x28])),
             Err(ProtocolError::InvalidUtf8)
         );
+        // Refused from the header alone: an unknown opcode with a huge length.
+        let mut unknown = vec![0x83, 0x80 | 127];
+        unknown.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        assert_eq!(read_all(64, &unknown), Err(ProtocolError::UnknownOpcode(3)));
+        // Close codes that may not be sent, and a reason that is not UTF-8.
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
+            assert_eq!(
+                read_all(64, &client(0x88, &code.to_be_bytes())),
+                Err(ProtocolError::BadControlFrame),
+                "close code {code}"
+            );
+        }
+        assert_eq!(
+            read_all(64, &client(0x88, &[0x03, 0xe8, 0xff])),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        assert_eq!(
+            read_all(64, &client(0x88, &[0x0b, 0xb8, b'o', b'k'])).unwrap(),
+            [Incoming::Close(Some(3000))]
+        );
+        // A full-size ping inside a message that is near the limit.
+        let mut near = client(0x01, &[b'x'; 120]);
+        near.extend(client(0x89, &[1; 125]));
+        near.extend(client(0x80, &[b'x'; 4]));
+        assert_eq!(read_all(130, &near).unwrap().len(), 2);
         // Every prefix of every byte: never a panic.
         for first in 0..=255u8 {
             for second in [0u8, 1, 125, 126, 127, 0x80, 0xfe, 0xff] {

@@ -12,17 +12,22 @@ use sha1::{Digest, Sha1};
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Why a request is not a WebSocket upgrade this server accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// Only `GET` upgrades (HTTP/1.1).
+    #[error("only GET upgrades to WebSocket")]
     NotGet,
     /// `Connection: upgrade` and `Upgrade: websocket` are required.
+    #[error("`Connection: upgrade` and `Upgrade: websocket` are required")]
     NotAnUpgrade,
     /// Only `Sec-WebSocket-Version: 13` is spoken.
+    #[error("only Sec-WebSocket-Version 13 is supported")]
     UnsupportedVersion,
     /// `Sec-WebSocket-Key` is missing.
+    #[error("Sec-WebSocket-Key is missing")]
     MissingKey,
     /// The server cannot hand over this connection (not HTTP/1.1).
+    #[error("this connection cannot be upgraded (HTTP/1.1 only)")]
     NotUpgradable,
 }
 

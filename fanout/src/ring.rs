@@ -71,10 +71,11 @@ impl<T: Clone> Ring<T> {
             ring: ring.clone(),
             next,
             waiting_at: None,
+            paused: false,
         }
     }
 
-    /// Live receivers.
+    /// Live receivers (not paused).
     pub fn receiver_count(&self) -> usize {
         self.receivers.load(Ordering::Relaxed)
     }
@@ -121,6 +122,8 @@ pub struct RingReceiver<T: Clone> {
     /// The ring's `end` when this receiver last left its waker: while the
     /// ring has not moved past it, the waker is still there.
     waiting_at: Option<u64>,
+    /// Not reading for now (see [`RingReceiver::pause`]).
+    paused: bool,
 }
 
 impl<T: Clone> RingReceiver<T> {
@@ -157,9 +160,36 @@ impl<T: Clone> RingReceiver<T> {
     }
 }
 
+impl<T: Clone> RingReceiver<T> {
+    /// Stops counting as a receiver until [`RingReceiver::resume`] (the
+    /// owner stops polling it meanwhile). A connection that unsubscribes
+    /// and subscribes again keeps its receiver this way, so it never
+    /// leaves more than one waker in the ring, however often it does so.
+    pub fn pause(&mut self) {
+        if !self.paused {
+            self.paused = true;
+            self.ring.receivers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts as a receiver again, from the next event published.
+    pub fn resume(&mut self) {
+        if self.paused {
+            self.paused = false;
+            self.next = self.ring.lock().end();
+            self.ring.receivers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the receiver is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+}
+
 impl<T: Clone> Drop for RingReceiver<T> {
     fn drop(&mut self) {
-        self.ring.receivers.fetch_sub(1, Ordering::Relaxed);
+        self.pause();
     }
 }
 
@@ -203,6 +233,33 @@ mod tests {
         assert_eq!(out, [4], "a new receiver starts with the next event");
         drop(late);
         assert_eq!(ring.receiver_count(), 1);
+    }
+
+    #[test]
+    fn pausing_and_resuming_leaves_one_waker_and_skips_what_was_missed() {
+        let ring = Ring::new(8);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut r = Ring::subscribe(&ring);
+        let mut out = Vec::new();
+        for _ in 0..1_000 {
+            assert!(r.poll_recv(&mut cx, &mut out, 8).is_pending());
+            r.pause();
+            assert_eq!(ring.receiver_count(), 0);
+            r.resume();
+        }
+        assert_eq!(
+            ring.lock().waiters.len(),
+            1,
+            "one waker, not one per resume"
+        );
+        r.pause();
+        ring.publish([1]);
+        r.resume();
+        ring.publish([2]);
+        assert_eq!(r.poll_recv(&mut cx, &mut out, 8), Poll::Ready(Ok(true)));
+        assert_eq!(out, [2], "events published while paused are skipped");
+        drop(r);
+        assert_eq!(ring.receiver_count(), 0);
     }
 
     #[test]

@@ -288,11 +288,16 @@ async fn ws_only(State(state): State<RpcState>, request: Request) -> Response {
             Refused::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             _ => StatusCode::BAD_REQUEST,
         };
-        (
-            status,
-            format!("expected a WebSocket upgrade: {refused:?}\n"),
-        )
-            .into_response()
+        let mut response =
+            (status, format!("expected a WebSocket upgrade: {refused}\n")).into_response();
+        if status == StatusCode::UPGRADE_REQUIRED {
+            // RFC 6455 section 4.4: say which version is spoken.
+            response.headers_mut().insert(
+                "sec-websocket-version",
+                axum::http::HeaderValue::from_static("13"),
+            );
+        }
+        response
     })
 }
 
