@@ -11,6 +11,7 @@
 //!   [`bytes::Bytes`] (the subscription's prefix, the event's tail),
 //!   written with vectored writes; a client that does not read fills it
 //!   and is disconnected, and never slows the others;
+//! - [`notification`]: an `eth_subscription` notification's two pieces;
 //! - [`frame`]: RFC 6455 frames (what the server writes, a [`frame::Reader`]
 //!   for what clients send) and [`handshake`]: the HTTP upgrade;
 //! - [`serve`]: the task that drives one connection.
@@ -49,6 +50,7 @@
 pub mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod notification;
 pub mod outbox;
 pub mod ring;
 

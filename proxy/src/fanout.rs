@@ -11,7 +11,7 @@
 
 use crate::proxy::ChainEvent;
 use bytes::Bytes;
-use luxtensor_fanout::Ring;
+use luxtensor_fanout::{Ring, notification};
 use std::sync::Arc;
 
 /// A chain event and the tails of its notifications, rendered once.
@@ -28,12 +28,6 @@ pub struct Rendered {
     pub logs: Vec<Bytes>,
     /// `Pending`: the transaction's hash and its full JSON.
     pub pending: Option<(Bytes, Bytes)>,
-}
-
-/// The tail of a notification: `<json>}}`.
-fn tail(mut json: String) -> Bytes {
-    json.push_str("}}");
-    Bytes::from(json)
 }
 
 impl Rendered {
@@ -60,27 +54,32 @@ impl Rendered {
                         let mut json =
                             crate::verify::header_json(h, alloy_primitives::Address::ZERO);
                         json["removed"] = serde_json::Value::Bool(true);
-                        tail(json.to_string())
+                        notification::tail(json.to_string())
                     })
                     .collect();
                 rendered.heads = added
                     .iter()
-                    .map(|(_, json)| tail(json.to_string()))
+                    .map(|(_, json)| notification::tail(json.to_string()))
                     .collect();
                 rendered.logs = removed_logs
                     .iter()
                     .chain(added_logs)
-                    .map(|log| tail(serde_json::to_string(log).expect("a log serializes")))
+                    .map(|log| {
+                        notification::tail(serde_json::to_string(log).expect("a log serializes"))
+                    })
                     .collect();
             }
             ChainEvent::Finalized(list) => {
                 rendered.heads = list
                     .iter()
-                    .map(|(_, json)| tail(json.to_string()))
+                    .map(|(_, json)| notification::tail(json.to_string()))
                     .collect();
             }
             ChainEvent::Pending { hash, full } => {
-                rendered.pending = Some((tail(hash.to_string()), tail(full.to_string())));
+                rendered.pending = Some((
+                    notification::tail(hash.to_string()),
+                    notification::tail(full.to_string()),
+                ));
             }
         }
         rendered

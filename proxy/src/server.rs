@@ -442,14 +442,6 @@ fn notification(id: &str, result: &str) -> String {
     )
 }
 
-/// What precedes the result in every notification of subscription `id`
-/// (the rest is the event's shared tail, see [`crate::fanout`]).
-fn notification_prefix(id: &str) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"{id}","result":"#
-    ))
-}
-
 fn parse_sub(params: &serde_json::Value) -> Result<Sub, RpcFailure> {
     let list = params.as_array().cloned().unwrap_or_default();
     let Some(kind) = list.first().and_then(|v| v.as_str()) else {
@@ -612,7 +604,7 @@ impl Handler for Session {
                                 follow_ups.push(notification(&sid, "false"));
                             }
                             proxy.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
-                            let prefix = notification_prefix(&sid);
+                            let prefix = luxtensor_fanout::notification::prefix(&sid);
                             self.subs.insert(sid.clone(), (sub, prefix));
                             Ok((format!("\"{sid}\"").into(), rpc::Trust::Verified))
                         }

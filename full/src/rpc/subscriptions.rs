@@ -24,7 +24,7 @@ use crate::rpc::backend::NodeHandle;
 use alloy_primitives::B256;
 use alloy_rpc_types_eth::{Filter, Log as RpcLog};
 use bytes::Bytes;
-use luxtensor_fanout::{Full, Outbox, Ring};
+use luxtensor_fanout::{Full, Outbox, Ring, notification};
 use luxtensor_light::{Block, Receipt, SignedTransaction};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -123,13 +123,6 @@ pub(crate) enum Prepared {
 
 /// The node's event ring (see [`luxtensor_fanout::Ring`]).
 pub(crate) type EventRing = Ring<Arc<Prepared>>;
-
-/// A result's JSON as the tail of a notification: `<json>}}`, one
-/// allocation shared by every subscriber's frame.
-fn tail(mut json: String) -> Bytes {
-    json.push_str("}}");
-    Bytes::from(json)
-}
 
 struct Shared {
     ring: Arc<EventRing>,
@@ -240,7 +233,8 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
             let miner = renderer.caches.miner(&chain, &e.block.header);
             drop(chain);
             let header = eth::rpc_header(&e.block, miner);
-            let head = tail(serde_json::to_string(&header).expect("headers serialize"));
+            let head =
+                notification::tail(serde_json::to_string(&header).expect("headers serialize"));
             let logs = render_logs(eth::block_logs(&e.block, &e.receipts, false));
             let mut filters = shared.filters.lock().expect("not poisoned");
             filters.on_block(e.block.hash(), &logs);
@@ -276,8 +270,8 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
                 .expect("not poisoned")
                 .on_pending(hash);
             vec![Prepared::Pending {
-                hash: tail(serde_json::to_string(&hash).expect("hash")),
-                full: tail(serde_json::to_string(&full).expect("tx")),
+                hash: notification::tail(serde_json::to_string(&hash).expect("hash")),
+                full: notification::tail(serde_json::to_string(&full).expect("tx")),
             }]
         }
         BroadcastEvent::SyncStatus { syncing } => {
@@ -292,7 +286,7 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
                     highest: 0,
                 });
             vec![Prepared::Syncing {
-                tail: tail(sync_notification(syncing.then_some(status))),
+                tail: notification::tail(sync_notification(syncing.then_some(status))),
             }]
         }
     };
@@ -304,7 +298,7 @@ fn dispatch(shared: &Shared, renderer: &Renderer, event: BroadcastEvent) {
 fn render_logs(logs: Vec<RpcLog>) -> Vec<(RpcLog, Bytes)> {
     logs.into_iter()
         .map(|log| {
-            let json = tail(serde_json::to_string(&log).expect("logs serialize"));
+            let json = notification::tail(serde_json::to_string(&log).expect("logs serialize"));
             (log, json)
         })
         .collect()
@@ -346,7 +340,7 @@ enum Subscription {
 }
 
 /// The subscriptions of one WebSocket connection, each with the prefix of
-/// its notifications ([`notification_prefix`]).
+/// its notifications ([`notification::prefix`]).
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionSubscriptions {
     subs: HashMap<String, (Subscription, Bytes)>,
@@ -446,7 +440,7 @@ impl ConnectionSubscriptions {
             _ => None,
         };
         self.subs
-            .insert(id.clone(), (sub, notification_prefix(&id)));
+            .insert(id.clone(), (sub, notification::prefix(&id)));
         Ok(Subscribed { id, initial })
     }
 
@@ -509,14 +503,6 @@ fn log_matches(filter: &Filter, log: &RpcLog) -> bool {
             .block_number
             .is_none_or(|n| filter.matches_block_range(n)),
     }
-}
-
-/// What precedes the result in every notification of subscription `id`:
-/// `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"<id>","result":`.
-pub(crate) fn notification_prefix(id: &str) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"{id}","result":"#
-    ))
 }
 
 /// `{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":id,"result":..}}`,
@@ -731,13 +717,13 @@ mod tests {
             .unwrap()
             .id;
         let event = Prepared::Head {
-            tail: tail(json.into()),
+            tail: notification::tail(json.into()),
         };
         let mut out = Outbox::new(4);
         subs.notifications(&event, &mut out).unwrap();
         subs.notifications(
             &Prepared::Syncing {
-                tail: tail("false".into()),
+                tail: notification::tail("false".into()),
             },
             &mut out,
         )
