@@ -52,6 +52,14 @@ fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     [Header::new(opcode, payload.len()).as_bytes(), payload].concat()
 }
 
+/// Lets the connection's task run until it waits again (the test runtime
+/// is single-threaded: a yield runs every task that is ready first).
+async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn expect(client: &mut DuplexStream, want: &[u8]) {
     let mut got = vec![0; want.len()];
     tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
@@ -87,7 +95,7 @@ async fn requests_events_pings_and_close() {
     assert_eq!(ring.receiver_count(), 1);
     // Each message that finds the connection idle wakes it again.
     for text in [&b"again"[..], b"and again"] {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        settle().await;
         client.write_all(&client_frame(0x81, text)).await.unwrap();
         expect(&mut client, &server_frame(TEXT, text)).await;
     }
@@ -98,7 +106,7 @@ async fn requests_events_pings_and_close() {
     let ping = client_frame(0x89, b"p");
     client.write_all(&ping[..3]).await.unwrap();
     client.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    settle().await;
     client.write_all(&ping[3..]).await.unwrap();
     expect(&mut client, &server_frame(PONG, b"p")).await;
     client
