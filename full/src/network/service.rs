@@ -94,6 +94,11 @@ pub enum NetworkEvent {
 pub struct Network {
     swarm: Swarm<Behaviour>,
     chain_id: u64,
+    /// The bootnodes, dialled again while not connected (see
+    /// [`Network::redial_bootnodes`]).
+    bootnodes: Vec<Multiaddr>,
+    /// When the bootnodes were last dialled (ms since the epoch).
+    last_dial_ms: u64,
     topics: HashMap<gossipsub::TopicHash, Topic>,
     scores: PeerScores<PeerId>,
     connected: HashSet<PeerId>,
@@ -186,6 +191,8 @@ impl Network {
         Ok(Self {
             swarm,
             chain_id: config.chain_id,
+            bootnodes: config.bootnodes,
+            last_dial_ms: now_ms(),
             topics,
             scores: PeerScores::new(config.scores),
             connected: HashSet::new(),
@@ -298,6 +305,30 @@ impl Network {
     pub fn expire_bans(&mut self) {
         for peer in self.scores.expired_bans(now_ms()) {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+    }
+
+    /// Dials again, at most every [`REDIAL_INTERVAL_MS`], each bootnode this
+    /// node is not connected to: one that was down or not yet listening
+    /// when the node started (or that went away) is reached once it is up.
+    /// A bootnode address without a `/p2p/` peer id is dialled again only
+    /// while the node has no peers at all.
+    pub fn redial_bootnodes(&mut self, now_ms: u64) {
+        if now_ms.saturating_sub(self.last_dial_ms) < REDIAL_INTERVAL_MS {
+            return;
+        }
+        self.last_dial_ms = now_ms;
+        let missing: Vec<Multiaddr> = self
+            .bootnodes
+            .iter()
+            .filter(|addr| match peer_of(addr) {
+                Some(peer) => !self.connected.contains(&peer),
+                None => self.connected.is_empty(),
+            })
+            .cloned()
+            .collect();
+        for addr in missing {
+            self.dial(addr);
         }
     }
 
@@ -473,4 +504,65 @@ impl Network {
     }
 }
 
+/// Least time between two rounds of [`Network::redial_bootnodes`].
+pub const REDIAL_INTERVAL_MS: u64 = 3_000;
+
+/// The peer id an address names (its `/p2p/` part), if any.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
 use libp2p::identify;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bootnode that starts listening after the node tried it once is
+    /// reached by a later redial.
+    #[tokio::test]
+    async fn a_bootnode_that_comes_up_late_is_dialled_again() {
+        let config = |listen: Multiaddr, bootnodes| NetworkConfig {
+            chain_id: 31337,
+            listen,
+            bootnodes,
+            behaviour: BehaviourConfig::default(),
+            scores: ScoreConfig::default(),
+        };
+        let late_key = Keypair::generate_ed25519();
+        let late_peer = late_key.public().to_peer_id();
+        let port = crate::node::devnet::free_port().unwrap();
+        let late_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let boot = late_addr
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(late_peer));
+        let any: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        let mut node =
+            Network::start(Keypair::generate_ed25519(), config(any, vec![boot])).unwrap();
+        // The first dial fails: nothing listens there yet.
+        let refused = tokio::time::timeout(Duration::from_millis(500), node.next_event()).await;
+        assert!(!matches!(refused, Ok(NetworkEvent::PeerConnected(_))));
+        let mut late = Network::start(late_key, config(late_addr, vec![])).unwrap();
+        let connected = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    event = node.next_event() => {
+                        if let NetworkEvent::PeerConnected(peer) = event {
+                            return peer;
+                        }
+                    }
+                    _ = late.next_event() => {}
+                    _ = tick.tick() => node.redial_bootnodes(now_ms()),
+                }
+            }
+        })
+        .await
+        .expect("the late bootnode is reached");
+        assert_eq!(connected, late_peer);
+        assert_eq!(node.peer_count(), 1);
+    }
+}

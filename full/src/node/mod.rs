@@ -342,6 +342,7 @@ impl Node {
 
     fn housekeeping(&mut self) {
         self.network.expire_bans();
+        self.network.redial_bootnodes(now_ms());
         self.live.peers.store(
             self.network.peer_count(),
             std::sync::atomic::Ordering::Relaxed,
