@@ -14,7 +14,8 @@
 //! - [`notification`]: an `eth_subscription` notification's two pieces;
 //! - [`frame`]: RFC 6455 frames (what the server writes, a [`frame::Reader`]
 //!   for what clients send) and [`handshake`]: the HTTP upgrade;
-//! - [`serve`]: the task that drives one connection.
+//! - [`serve`]: the task that drives one connection;
+//! - [`listener`]: the TCP listener, with a deep accept queue.
 //!
 //! ```no_run
 //! use luxtensor_fanout::{Full, Handler, Limits, Outbox, Ring, End};
@@ -50,10 +51,12 @@
 pub mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod listener;
 pub mod notification;
 pub mod outbox;
 pub mod ring;
 
 pub use connection::{End, Handler, Limits, SLOW, serve};
+pub use listener::listen;
 pub use outbox::{Full, Outbox};
 pub use ring::{Lagged, Ring, RingReceiver};

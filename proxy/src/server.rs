@@ -92,7 +92,8 @@ pub struct Bound {
 /// Binds and serves in background tasks.
 pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
     let addr = proxy.config.listen;
-    let listener = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    let listener =
+        luxtensor_fanout::listen(addr).map_err(|source| ServeError::Bind { addr, source })?;
     let rpc = listener.local_addr().unwrap_or(addr);
     // `POST /` is answered before this router (see `route`).
     let router = Router::new()
@@ -102,7 +103,8 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
     tokio::spawn(serve_rpc(listener, proxy.clone(), router));
     let ws = match proxy.config.ws_listen {
         Some(addr) => {
-            let listener = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+            let listener = luxtensor_fanout::listen(addr)
+                .map_err(|source| ServeError::Bind { addr, source })?;
             let bound = listener.local_addr().unwrap_or(addr);
             let router = Router::new()
                 .route("/", get(http_get))
@@ -134,24 +136,6 @@ pub async fn serve(proxy: Arc<Proxy>) -> Result<Bound, ServeError> {
         None => None,
     };
     Ok(Bound { rpc, ws, metrics })
-}
-
-/// Connections the kernel queues for `accept` (clamped to `somaxconn`).
-/// tokio's `TcpListener::bind` asks for 128, the standard library's
-/// value: a burst of new connections beyond that (10,000 WebSocket clients
-/// connecting at once) has its SYNs dropped and retried a second later.
-const BACKLOG: u32 = 4096;
-
-/// A listener on `addr` with a [`BACKLOG`]-deep accept queue.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
 }
 
 fn authorized(proxy: &Proxy, headers: &HeaderMap, query: &Option<String>) -> bool {

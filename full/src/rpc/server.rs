@@ -155,26 +155,7 @@ impl WebSocketServer {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RpcError> {
-    listen(addr).map_err(|source| RpcError::Bind { addr, source })
-}
-
-/// Connections the kernel queues for `accept` (clamped to `somaxconn`).
-/// tokio's `TcpListener::bind` asks for 128, the standard library's value:
-/// a burst of new connections beyond that (thousands of WebSocket clients
-/// reconnecting at once) has its SYNs dropped and retried a second later.
-pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// A TCP listener on `addr` with a [`LISTEN_BACKLOG`]-deep accept queue
-/// (the proxy, which does not depend on this crate, listens the same way).
-pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    luxtensor_fanout::listen(addr).map_err(|source| RpcError::Bind { addr, source })
 }
 
 async fn bind_metrics(addr: SocketAddr, next_free: bool) -> Result<TcpListener, RpcError> {
