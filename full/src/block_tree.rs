@@ -229,8 +229,15 @@ impl BlockTree {
         let senders = recover_senders(&block.transactions).map_err(|e| invalid(&e))?;
         let mut state = parent.state.clone();
         let parent_header = parent.block.header.header.clone();
-        execution::execute_block(&mut state, &self.spec, &parent_header, &block, &senders)
-            .map_err(|e| invalid(&e))?;
+        execution::execute_block_cached(
+            &mut state,
+            &self.spec,
+            &parent_header,
+            &block,
+            &senders,
+            Some(&self.verified),
+        )
+        .map_err(|e| invalid(&e))?;
         let position = execution::epoch_position(&self.spec, &parent_header, header);
         let parent_qc = header.parent_qc.clone();
         self.nodes.insert(

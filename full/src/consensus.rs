@@ -906,8 +906,8 @@ impl Engine {
         let Some(node) = self.tree.get(&hash) else {
             return;
         };
-        let Some(index) = node
-            .epoch_set
+        let set = node.epoch_set.clone();
+        let Some(index) = set
             .validators()
             .iter()
             .position(|v| Some(v.public_key) == self.public_key)
@@ -926,6 +926,7 @@ impl Engine {
         }
         let vote = Vote::sign_cached(
             &key,
+            &set,
             self.spec.chain_id,
             slot,
             hash,

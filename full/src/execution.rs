@@ -24,10 +24,12 @@ use alloy_consensus::{Eip658Value, Receipt as PlainReceipt, ReceiptEnvelope, Tra
 use alloy_eips::eip1559::{BaseFeeParams, calc_next_block_base_fee};
 use alloy_primitives::{Address, B256, Bloom, Log, U256};
 use alloy_sol_types::{SolEvent, SolInterface};
+use luxtensor_light::qc::VerifiedCache;
 use luxtensor_light::receipt::{logs_bloom, receipts_root};
 use luxtensor_light::{
     Block, ChainSpec, Evidence, Header, Receipt, SignedTransaction, Validator, ValidatorSet, bls,
 };
+use std::sync::Mutex;
 
 /// Gas of a plain transfer.
 pub const TRANSFER_GAS: u64 = 21_000;
@@ -578,7 +580,7 @@ pub fn check_evidence(
     state: &ChainState,
     evidence: &Evidence,
     chain_id: u64,
-    cache: Option<&std::sync::Mutex<luxtensor_light::qc::VerifiedCache>>,
+    cache: Option<&Mutex<VerifiedCache>>,
 ) -> Result<Validator, EvidenceRejection> {
     judge_evidence(state, evidence, chain_id, cache).map(|p| p.offender)
 }
@@ -587,7 +589,7 @@ fn judge_evidence(
     state: &ChainState,
     evidence: &Evidence,
     chain_id: u64,
-    cache: Option<&std::sync::Mutex<luxtensor_light::qc::VerifiedCache>>,
+    cache: Option<&Mutex<VerifiedCache>>,
 ) -> Result<Punishment, EvidenceRejection> {
     let epoch = evidence.epoch();
     state
@@ -641,17 +643,19 @@ fn judge_evidence(
     })
 }
 
-/// Slashes the offender named by valid, fresh, not yet punished evidence.
+/// Slashes the offender named by valid, fresh, not yet punished evidence
+/// (its signatures checked through `cache` when given).
 fn apply_evidence(
     state: &mut ChainState,
     evidence: &Evidence,
     chain_id: u64,
+    cache: Option<&Mutex<VerifiedCache>>,
 ) -> Result<Log, EvidenceRejection> {
     let Punishment {
         offender,
         rotation,
         taken,
-    } = judge_evidence(state, evidence, chain_id, None)?;
+    } = judge_evidence(state, evidence, chain_id, cache)?;
     *state.rotation_mut() = rotation;
     assert!(
         state.debit(STAKING_ADDRESS, taken),
@@ -713,8 +717,22 @@ pub fn execute_block(
     block: &Block,
     senders: &[Address],
 ) -> Result<BlockOutput, BlockError> {
+    execute_block_cached(state, spec, parent, block, senders, None)
+}
+
+/// [`execute_block`], checking evidence signatures through `cache` (see
+/// [`VerifiedCache`]): evidence whose votes or seals passed a check before
+/// is not paired again. The rules are the same.
+pub fn execute_block_cached(
+    state: &mut ChainState,
+    spec: &ChainSpec,
+    parent: &Header,
+    block: &Block,
+    senders: &[Address],
+    cache: Option<&Mutex<VerifiedCache>>,
+) -> Result<BlockOutput, BlockError> {
     state.begin_block();
-    let result = execute_block_inner(state, spec, parent, block, senders);
+    let result = execute_block_inner(state, spec, parent, block, senders, cache);
     match result {
         Ok(output) => {
             state.commit_block();
@@ -733,6 +751,7 @@ fn execute_block_inner(
     parent: &Header,
     block: &Block,
     senders: &[Address],
+    cache: Option<&Mutex<VerifiedCache>>,
 ) -> Result<BlockOutput, BlockError> {
     let header = &block.header.header;
     if senders.len() != block.transactions.len() {
@@ -792,7 +811,7 @@ fn execute_block_inner(
         });
     }
     for (index, evidence) in block.evidence.iter().enumerate() {
-        let log = apply_evidence(state, evidence, spec.chain_id)
+        let log = apply_evidence(state, evidence, spec.chain_id, cache)
             .map_err(|reason| BlockError::Evidence { index, reason })?;
         output.system_logs.push(log);
     }
@@ -967,7 +986,7 @@ pub fn build_block(
         }
         for item in candidates.evidence.into_iter().take(MAX_EVIDENCE_PER_BLOCK) {
             // Applying mutates only on success; a refused item leaves no trace.
-            if let Ok(log) = apply_evidence(state, &item, spec.chain_id) {
+            if let Ok(log) = apply_evidence(state, &item, spec.chain_id, None) {
                 output.system_logs.push(log);
                 evidence.push(item);
             }
@@ -1420,11 +1439,11 @@ mod tests {
             second: vote(B256::repeat_byte(2)),
         }));
         c.state.begin_block();
-        let log = apply_evidence(&mut c.state, &evidence, id).unwrap();
+        let log = apply_evidence(&mut c.state, &evidence, id, None).unwrap();
         let slashed = IStaking::ValidatorSlashed::decode_log_data(&log.data).unwrap();
         assert_eq!(slashed.owner, set.validators()[2].owner);
         assert_eq!(slashed.amount, set.validators()[2].stake / U256::from(2));
-        let err = apply_evidence(&mut c.state, &evidence, id).unwrap_err();
+        let err = apply_evidence(&mut c.state, &evidence, id, None).unwrap_err();
         assert!(
             matches!(err, EvidenceRejection::AlreadyPunished { .. }),
             "{err}"
@@ -1436,7 +1455,7 @@ mod tests {
             first: vote(B256::repeat_byte(3)),
             second: vote(B256::repeat_byte(4)),
         }));
-        let err = apply_evidence(&mut c.state, &relabelled, id)
+        let err = apply_evidence(&mut c.state, &relabelled, id, None)
             .unwrap_err()
             .to_string();
         assert!(

@@ -131,46 +131,56 @@ pub fn verify_proof_of_possession(
     }
 }
 
-/// A validator's secret key. Signing is pure; where the key lives (file,
-/// remote signer) is the binary's business.
+/// A validator's secret key, with its public key (derived once: deriving
+/// it costs a scalar multiplication, and signers compare it often). Signing
+/// is pure; where the key lives (file, remote signer) is the binary's
+/// business.
 #[derive(Clone)]
-pub struct BlsSecretKey(SecretKey);
+pub struct BlsSecretKey {
+    secret: SecretKey,
+    public: BlsPublicKey,
+}
 
 impl std::fmt::Debug for BlsSecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlsSecretKey({})", self.public_key())
+        write!(f, "BlsSecretKey({})", self.public)
     }
 }
 
 impl BlsSecretKey {
+    fn new(secret: SecretKey) -> Self {
+        let public = BlsPublicKey::from(secret.sk_to_pk().compress());
+        Self { secret, public }
+    }
+
     /// Derives a key from at least 32 bytes of key material (IETF `KeyGen`).
     pub fn from_key_material(ikm: &[u8]) -> Result<Self, BlsError> {
         SecretKey::key_gen(ikm, &[])
-            .map(Self)
+            .map(Self::new)
             .map_err(|_| BlsError::ShortKeyMaterial)
     }
 
     /// Restores a key from its 32-byte big-endian scalar.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BlsError> {
         SecretKey::from_bytes(bytes)
-            .map(Self)
+            .map(Self::new)
             .map_err(BlsError::InvalidPublicKey)
     }
 
     /// The 32-byte big-endian scalar, for storing the key.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.secret.to_bytes()
     }
 
     /// The compressed public key.
     pub fn public_key(&self) -> BlsPublicKey {
-        BlsPublicKey::from(self.0.sk_to_pk().compress())
+        self.public
     }
 
     /// Signs a signing root (see [`signing_root`]).
     pub fn sign(&self, signing_root: &B256) -> BlsSignature {
         BlsSignature::from(
-            self.0
+            self.secret
                 .sign(signing_root.as_slice(), SIGNATURE_DST, &[])
                 .compress(),
         )
@@ -179,7 +189,7 @@ impl BlsSecretKey {
     /// The proof of possession to submit when registering this key on `chain_id`.
     pub fn proof_of_possession(&self, chain_id: u64) -> BlsSignature {
         let root = pop_signing_root(chain_id, &self.public_key());
-        BlsSignature::from(self.0.sign(root.as_slice(), POP_DST, &[]).compress())
+        BlsSignature::from(self.secret.sign(root.as_slice(), POP_DST, &[]).compress())
     }
 }
 

@@ -823,13 +823,21 @@ fn lock(cache: &Mutex<VerifiedCache>) -> std::sync::MutexGuard<'_, VerifiedCache
 }
 
 impl Vote {
-    /// [`Vote::sign`], hashing the signing root to the curve once per
-    /// `cache`: every validator of a slot signs the same root, and the
-    /// simulator's validators share one cache. The signature is the same
-    /// bytes [`Vote::sign`] makes (the hash is a pure function of the root;
-    /// the key's own multiplication is done every time).
+    /// [`Vote::sign`] by member `validator_index` of `set`, through `cache`.
+    ///
+    /// The signing root is hashed to the curve once per cache: every
+    /// validator of a slot signs the same root, and the simulator's
+    /// validators share one cache. The signature is the same bytes
+    /// [`Vote::sign`] makes (the hash is a pure function of the root; the
+    /// key's own multiplication is done every time).
+    ///
+    /// When that member's public key is `key`'s, the vote is also recorded
+    /// as verified, with its decoded signature: a deterministic BLS
+    /// signature just made by the right key over the right root is valid,
+    /// so neither this signer nor anyone sharing the cache pairs it again.
     pub fn sign_cached(
         key: &BlsSecretKey,
+        set: &ValidatorSet,
         chain_id: u64,
         slot: u64,
         block_hash: B256,
@@ -841,6 +849,7 @@ impl Vote {
         let bytes = key.to_bytes();
         let mut scalar = blst_scalar::default();
         let mut point = blst_p2::default();
+        let mut affine = blst_p2_affine::default();
         let mut signature = [0u8; 96];
         // SAFETY: every pointer is to a live, properly sized blst value or
         // byte array of this frame; blst reads 32 bytes from `bytes` and
@@ -849,13 +858,20 @@ impl Vote {
             blst::blst_scalar_from_bendian(&mut scalar, bytes.as_ptr());
             blst::blst_sign_pk_in_g1(&mut point, &hashed, &scalar);
             blst::blst_p2_compress(signature.as_mut_ptr(), &point);
+            blst::blst_p2_to_affine(&mut affine, &point);
         }
-        Self {
+        let vote = Self {
             slot,
             block_hash,
             validator_index,
             signature: BlsSignature::from(signature),
+        };
+        let member = set.validators().get(validator_index as usize);
+        if member.is_some_and(|m| m.public_key == key.public_key()) {
+            let entry = VerifiedCache::signature_key(&root, set, validator_index, &vote.signature);
+            lock(cache).insert_decoded(entry, Some(Signature::from(affine)));
         }
+        vote
     }
 
     /// [`Vote::verify`] through `cache`.
@@ -1329,14 +1345,54 @@ mod tests {
     #[test]
     fn cached_signing_makes_the_same_signature() {
         let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
         let cache = Mutex::new(VerifiedCache::new(8));
         for (i, block) in [(0, 1), (1, 1), (2, 2), (3, 1)] {
             let key = devnet_validator_key(i);
             let hash = B256::repeat_byte(block);
-            let cached = Vote::sign_cached(&key, spec.chain_id, 5, hash, i, &cache);
+            let cached = Vote::sign_cached(&key, &set, spec.chain_id, 5, hash, i, &cache);
             assert_eq!(cached, Vote::sign(&key, spec.chain_id, 5, hash, i));
         }
         assert_eq!(cache.lock().unwrap().hashed_roots.len(), 2);
+    }
+
+    #[test]
+    fn a_vote_signed_through_the_cache_is_known_valid_only_for_its_own_member() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let cache = Mutex::new(VerifiedCache::new(8));
+        let hash = B256::repeat_byte(7);
+        let own = Vote::sign_cached(
+            &devnet_validator_key(1),
+            &set,
+            spec.chain_id,
+            5,
+            hash,
+            1,
+            &cache,
+        );
+        // Key 2 signing as member 3: a vote that must fail its check.
+        let misattributed = Vote::sign_cached(
+            &devnet_validator_key(2),
+            &set,
+            spec.chain_id,
+            5,
+            hash,
+            3,
+            &cache,
+        );
+        assert_eq!(cache.lock().unwrap().len(), 1, "only the member's own vote");
+        let verdicts =
+            verify_votes_cached(&[own.clone(), misattributed], &set, spec.chain_id, &cache);
+        assert_eq!(verdicts, [true, false]);
+        assert_eq!(
+            cache.lock().unwrap().hits(),
+            1,
+            "the own vote was not paired again"
+        );
+        let entry = VerifiedCache::vote_key(&own, &set, spec.chain_id);
+        let decoded = cache.lock().unwrap().decoded(&entry).unwrap();
+        assert_eq!(decoded, bls::decode_signature(&own.signature).unwrap());
     }
 
     #[test]

@@ -18,8 +18,8 @@ use luxtensor_light::chain_spec::{DEV_ACCOUNTS, TOKEN, devnet_validator_key};
 use luxtensor_light::qc::{SharedVerifiedCache, VerifiedCache};
 use luxtensor_light::{Block, ChainSpec, Vote};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A small, fast, seeded generator (SplitMix64).
 #[derive(Debug, Clone)]
@@ -148,6 +148,30 @@ impl SimConfig {
     }
 }
 
+/// The chain spec and genesis root of `config`'s network. Built once per
+/// shape of network and shared by the runs of that shape: building them
+/// signs and checks every genesis validator's proof of possession, which
+/// cost as much as a few slots of a run.
+fn genesis_of(config: &SimConfig) -> (ChainSpec, Root) {
+    type Shape = (usize, u64, u64);
+    static BUILT: OnceLock<Mutex<HashMap<Shape, (ChainSpec, Root)>>> = OnceLock::new();
+    let shape = (config.validators, config.slot_ms, config.epoch_length);
+    let built = BUILT.get_or_init(Default::default);
+    if let Some(found) = built.lock().expect("not poisoned").get(&shape) {
+        return found.clone();
+    }
+    let mut spec = ChainSpec::devnet(config.validators as u32);
+    spec.slot_duration_ms = config.slot_ms;
+    spec.rotation.epoch_length = config.epoch_length;
+    spec.genesis_timestamp = 0;
+    let genesis = Root::genesis(&spec);
+    built
+        .lock()
+        .expect("not poisoned")
+        .insert(shape, (spec.clone(), genesis.clone()));
+    (spec, genesis)
+}
+
 /// Slashing protection that outlives the engine using it (the "disk").
 #[derive(Debug, Clone, Default)]
 struct SharedProtection(Arc<Mutex<MemorySlashingProtection>>);
@@ -249,7 +273,7 @@ pub struct Simulation {
     /// The two sides of the partition (node index → group), and when it holds.
     partition: Option<(Vec<bool>, u64, u64)>,
     /// When each block was first proposed (slot), to measure finality lag.
-    proposed_at: std::collections::HashMap<B256, u64>,
+    proposed_at: HashMap<B256, u64>,
     lags: Vec<u64>,
     /// An honest validator that some node accused of misbehaviour (must stay `None`).
     honest_accused: Option<luxtensor_light::BlsPublicKey>,
@@ -259,15 +283,11 @@ impl Simulation {
     /// Sets up the network for `config`.
     pub fn new(config: SimConfig) -> Self {
         let mut rng = Rng::new(config.seed.wrapping_mul(31).wrapping_add(7));
-        let mut spec = ChainSpec::devnet(config.validators as u32);
-        spec.slot_duration_ms = config.slot_ms;
-        spec.rotation.epoch_length = config.epoch_length;
-        spec.genesis_timestamp = 0;
+        let (spec, genesis) = genesis_of(&config);
         let consensus = ConsensusConfig::for_slot(config.slot_ms);
         // One extra node: the newcomer that stakes during the run (an observer until then).
         let total = config.validators + usize::from(config.staking);
         let verified = VerifiedCache::shared_pooling(VerifiedCache::DEFAULT_CAPACITY);
-        let genesis = Root::genesis(&spec);
         let nodes = (0..total)
             .map(|i| {
                 let protection = SharedProtection::default();
@@ -422,8 +442,19 @@ impl Simulation {
                         Some(Byzantine::DoubleVote) if faulty => {
                             let fake =
                                 B256::from(U256::from(self.rng.next_u64()).to_be_bytes::<32>());
+                            let Some(set) = self.nodes[i]
+                                .engine
+                                .as_ref()
+                                .and_then(|e| e.block(&vote.block_hash))
+                                .map(|n| n.epoch_set.clone())
+                            else {
+                                // (It voted for a block it holds: never taken.)
+                                self.broadcast(i, Message::Vote { epoch, vote });
+                                continue;
+                            };
                             let other = Vote::sign_cached(
                                 &self.nodes[i].key,
+                                &set,
                                 self.spec.chain_id,
                                 vote.slot,
                                 fake,
@@ -487,6 +518,7 @@ impl Simulation {
         let header = &node.block.header;
         let vote = Vote::sign_cached(
             &self.nodes[i].key,
+            &node.epoch_set,
             self.spec.chain_id,
             header.slot,
             hash,
