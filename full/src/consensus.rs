@@ -1148,11 +1148,11 @@ impl Engine {
         let voter = set.validators()[vote.validator_index as usize].public_key;
         match self.votes_seen.get(&(vote.slot, voter)) {
             Some((first_epoch, first)) if first.block_hash != vote.block_hash => {
-                let evidence = Evidence::DoubleVote(Box::new(DoubleVote {
-                    epoch: *first_epoch,
-                    first: first.clone(),
-                    second: vote.clone(),
-                }));
+                let evidence = Evidence::DoubleVote(Box::new(DoubleVote::new(
+                    *first_epoch,
+                    first.clone(),
+                    vote.clone(),
+                )));
                 self.record_evidence(evidence, voter);
                 return;
             }

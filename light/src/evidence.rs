@@ -20,6 +20,27 @@ pub struct DoubleVote {
     pub second: Vote,
 }
 
+impl DoubleVote {
+    /// The evidence that `first` (by member `first.validator_index` of
+    /// `epoch`'s set) and `second`, signed by the same key for the same slot,
+    /// conflict. `second` may come from another epoch's set, where the same
+    /// validator sits at another index (at an epoch boundary, the blocks of
+    /// one slot can belong to two epochs): a vote's signature covers the
+    /// slot and block but not the index, so `second` is restated at the
+    /// index `first` has, and both then check against one set.
+    pub fn new(epoch: u64, first: Vote, second: Vote) -> Self {
+        let second = Vote {
+            validator_index: first.validator_index,
+            ..second
+        };
+        Self {
+            epoch,
+            first,
+            second,
+        }
+    }
+}
+
 /// Two headers sealed by one proposer for the same slot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, RlpEncodable, RlpDecodable)]
 pub struct DoubleProposal {

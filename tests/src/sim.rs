@@ -220,7 +220,11 @@ struct SimNode {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: usize, message: Message },
+    Deliver {
+        from: usize,
+        to: usize,
+        message: Message,
+    },
     Tick,
     Crash(usize),
     Restart(usize),
@@ -385,7 +389,7 @@ impl Simulation {
         let delay = self
             .rng
             .range(self.config.delay_ms.0, self.config.delay_ms.1 + 1);
-        self.schedule(now + delay, Event::Deliver { to, message });
+        self.schedule(now + delay, Event::Deliver { from, to, message });
     }
 
     fn broadcast(&mut self, from: usize, message: Message) {
@@ -410,6 +414,14 @@ impl Simulation {
 
     /// Drains node `i`'s actions onto the network, applying its byzantine behaviour.
     fn flush(&mut self, i: usize) {
+        self.flush_replying(i, None);
+    }
+
+    /// [`Self::flush`]; with `requester`, node `i` has just handled that
+    /// node's block request, and the blocks it sends are the answer: they
+    /// go back to the requester alone, as a request-response protocol
+    /// answers (the node's sync does), not to everyone.
+    fn flush_replying(&mut self, i: usize, requester: Option<usize>) {
         loop {
             let Some(engine) = self.nodes[i].engine.as_mut() else {
                 return;
@@ -418,6 +430,9 @@ impl Simulation {
                 return;
             };
             match action {
+                Action::Broadcast(Message::Proposal(block)) if requester.is_some() => {
+                    self.send(i, requester.expect("matched"), Message::Proposal(block));
+                }
                 Action::Broadcast(Message::Proposal(block)) => {
                     let slot = block.header.slot;
                     self.proposed_at.entry(block.hash()).or_insert(slot);
@@ -598,21 +613,25 @@ impl Simulation {
                         self.flush(i);
                     }
                 }
-                Event::Deliver { to, message } => {
+                Event::Deliver { from, to, message } => {
                     let reckless = self.nodes[to].byzantine == Some(Byzantine::Reckless)
                         && self.in_fault_phase(at);
                     let proposal = match (&message, reckless) {
                         (Message::Proposal(block), true) => Some(block.hash()),
                         _ => None,
                     };
+                    let requester = matches!(message, Message::BlockRequest(_)).then_some(from);
                     if let Some(engine) = self.nodes[to].engine.as_mut() {
                         engine.handle_tick(at);
+                    }
+                    self.flush(to);
+                    if let Some(engine) = self.nodes[to].engine.as_mut() {
                         engine.handle_message(message);
                     }
                     if let Some(hash) = proposal {
                         self.reckless_vote(to, hash);
                     }
-                    self.flush(to);
+                    self.flush_replying(to, requester);
                 }
                 Event::Crash(i) => {
                     if let Some(engine) = self.nodes[i].engine.take() {

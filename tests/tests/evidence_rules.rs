@@ -46,6 +46,37 @@ fn double_vote_names_the_offender() {
 }
 
 #[test]
+fn a_double_vote_across_two_sets_is_stated_against_the_first() {
+    // Validator 2 of a set of 4 is validator 1 of the next set, once
+    // validator 0 has left: at an epoch boundary it can vote in one slot
+    // for a block of each epoch, each vote naming its own set's index.
+    let v = Validators::devnet(4);
+    let next = luxtensor_light::ValidatorSet::new(v.set.validators()[1..].to_vec()).unwrap();
+    let (x, y) = (B256::repeat_byte(1), B256::repeat_byte(2));
+    let id = v.spec.chain_id;
+    let first = v.vote(2, 9, x);
+    let mut second = v.vote(2, 9, y);
+    second.validator_index = 1;
+    let owner = v.set.validators()[2].owner;
+    assert_eq!(next.validators()[1].owner, owner);
+    let naive = DoubleVote {
+        epoch: 0,
+        first: first.clone(),
+        second: second.clone(),
+    };
+    assert_eq!(
+        Evidence::DoubleVote(Box::new(naive)).verify(&v.set, id),
+        Err(EvidenceError::DifferentSigners)
+    );
+    let restated = DoubleVote::new(0, first, second);
+    assert_eq!(restated.second.validator_index, 2);
+    assert_eq!(
+        Evidence::DoubleVote(Box::new(restated)).verify(&v.set, id),
+        Ok(owner)
+    );
+}
+
+#[test]
 fn double_proposal_names_the_proposer() {
     let v = Validators::devnet(4);
     let chain = v.certified_chain(1, 3);
