@@ -54,6 +54,11 @@ fn offence_of(evidence: &Evidence) -> Offence {
 /// leaving out (see `Engine::resend_missing_evidence`).
 pub const EVIDENCE_RESEND_SLOTS: u64 = 2;
 
+/// Slots without a newer QC after which an engine sends its highest QC
+/// again, and then every as many slots while no newer one comes (see
+/// `Engine::resend_high_qc`).
+pub const QC_RESEND_SLOTS: u64 = 2;
+
 /// Most (slot, voter) pairs remembered for double-vote detection while
 /// finality stalls (pruned at every finalization).
 pub const MAX_VOTES_SEEN: usize = 65_536;
@@ -237,6 +242,8 @@ pub struct Engine {
     actions: VecDeque<Action>,
     now_ms: u64,
     last_proposed_slot: u64,
+    /// The slot in which the highest QC was last sent again.
+    high_qc_resent_at: u64,
     stats: EngineStats,
 }
 
@@ -301,6 +308,7 @@ impl Engine {
             actions: VecDeque::new(),
             now_ms: 0,
             last_proposed_slot,
+            high_qc_resent_at: 0,
             stats: EngineStats::default(),
             spec,
             config,
@@ -472,6 +480,7 @@ impl Engine {
         if slot > previous_slot {
             self.check_all_deferred();
             self.request_missing();
+            self.resend_high_qc(slot);
         }
         if slot > self.last_proposed_slot
             && self.now_ms >= self.slot_start_ms(slot) + self.config.proposal_delay_ms
@@ -494,6 +503,28 @@ impl Engine {
                 self.handle_proposal(block);
             }
         }
+    }
+
+    /// Sends the highest QC again when no newer one has come for
+    /// [`QC_RESEND_SLOTS`] slots (and then every as many slots). A QC that
+    /// some nodes missed (lost, or formed behind a partition) otherwise
+    /// reaches them only inside a child block, and if its holders are
+    /// locked on it while the next proposers build on an older QC, none
+    /// comes: the locked nodes refuse every vote and finality stalls for
+    /// good (simulator seed 7630).
+    fn resend_high_qc(&mut self, slot: u64) {
+        let qc_slot = self.high_qc.slot;
+        if qc_slot == 0
+            || slot < qc_slot + QC_RESEND_SLOTS
+            || slot < self.high_qc_resent_at + QC_RESEND_SLOTS
+        {
+            return;
+        }
+        self.high_qc_resent_at = slot;
+        self.actions
+            .push_back(Action::Broadcast(Message::Certificate(
+                self.high_qc.clone(),
+            )));
     }
 
     /// Adds a transaction to the pool the proposer draws from.

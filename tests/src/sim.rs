@@ -214,8 +214,8 @@ struct SimNode {
     engine: Option<Engine>,
     persisted: Persisted,
     byzantine: Option<Byzantine>,
-    /// Whether an honest node caught this one equivocating (so it must end up slashed).
-    caught: bool,
+    /// Each time an honest node caught this one equivocating.
+    catches: Vec<Catch>,
 }
 
 #[derive(Debug)]
@@ -228,6 +228,16 @@ enum Event {
     Tick,
     Crash(usize),
     Restart(usize),
+}
+
+/// An honest node's proof that a byzantine one equivocated.
+#[derive(Debug, Clone, Copy)]
+struct Catch {
+    /// The epoch the evidence is about.
+    epoch: u64,
+    /// When the catcher could first send it to the rest of the network:
+    /// when it caught it, or when the partition it was behind healed.
+    reach_ms: u64,
 }
 
 /// What a run produced, for the invariants and for benchmarks.
@@ -281,6 +291,9 @@ pub struct Simulation {
     lags: Vec<u64>,
     /// An honest validator that some node accused of misbehaviour (must stay `None`).
     honest_accused: Option<luxtensor_light::BlsPublicKey>,
+    /// (time, epoch) each time the highest epoch an honest node finalized
+    /// a block of rose.
+    finalized_epochs: Vec<(u64, u64)>,
 }
 
 impl Simulation {
@@ -320,7 +333,7 @@ impl Simulation {
                         .iter()
                         .find(|(n, _)| *n == i)
                         .map(|(_, b)| *b),
-                    caught: false,
+                    catches: Vec::new(),
                 }
             })
             .collect();
@@ -344,6 +357,7 @@ impl Simulation {
             proposed_at: Default::default(),
             lags: Vec::new(),
             honest_accused: None,
+            finalized_epochs: vec![(0, 0)],
         };
         let total_slots = sim.config.fault_slots + sim.config.settle_slots;
         for slot in 1..=total_slots {
@@ -495,22 +509,62 @@ impl Simulation {
                             self.lags.push(now_slot.saturating_sub(*proposed));
                         }
                     }
+                    let epoch = blocks.last().map_or(0, |b| b.header.epoch);
+                    let highest = self.finalized_epochs.last().map_or(0, |(_, e)| *e);
+                    if self.nodes[i].byzantine.is_none() && epoch > highest {
+                        self.finalized_epochs.push((self.now_ms, epoch));
+                    }
                     // (The root to restart from is taken at the crash.)
                     self.nodes[i].persisted.finalized.extend(blocks);
                 }
-                Action::Misbehaviour { offender, .. } => {
+                Action::Misbehaviour { offender, evidence } => {
                     if self.nodes[i].byzantine.is_some() {
                         continue; // only honest observers count
                     }
                     let accused = self.nodes.iter().position(|n| n.public_key == offender);
                     match accused {
-                        Some(a) if self.nodes[a].byzantine.is_some() => self.nodes[a].caught = true,
+                        Some(a) if self.nodes[a].byzantine.is_some() => {
+                            let catch = self.catch(i, evidence.epoch());
+                            self.nodes[a].catches.push(catch);
+                        }
                         Some(_) => self.honest_accused = self.honest_accused.or(Some(offender)),
                         None => {}
                     }
                 }
             }
         }
+    }
+
+    /// Node `i`'s catch now of an offence in `epoch`.
+    fn catch(&self, i: usize, epoch: u64) -> Catch {
+        let reach_ms = match &self.partition {
+            Some((groups, start, end)) if (*start..*end).contains(&self.now_ms) => {
+                let cut_off = (0..self.nodes.len())
+                    .filter(|j| self.nodes[*j].byzantine.is_none())
+                    .any(|j| groups[j] != groups[i]);
+                if cut_off { *end } else { self.now_ms }
+            }
+            _ => self.now_ms,
+        };
+        Catch { epoch, reach_ms }
+    }
+
+    /// Whether the chain could still admit the catch's evidence once the
+    /// catcher could send it. Evidence is admissible about the current or
+    /// the previous epoch only (`docs/protocol.md`), so an equivocation seen
+    /// only behind a partition that outlasted the next epoch's start cannot
+    /// be punished: the honest majority had moved two epochs on by the time
+    /// the proof could reach it. The epoch taken is the highest an honest
+    /// node had finalized a block of, which is at most the chain's: the
+    /// check errs towards demanding the slash.
+    fn provable(&self, catch: &Catch) -> bool {
+        let epoch_then = self
+            .finalized_epochs
+            .iter()
+            .take_while(|(at, _)| *at <= catch.reach_ms)
+            .last()
+            .map_or(0, |(_, epoch)| *epoch);
+        catch.epoch + 1 >= epoch_then
     }
 
     /// A vote by node `i` for `hash`, whatever its lock and earlier votes say.
@@ -661,6 +715,7 @@ impl Simulation {
             }
         }
         if std::env::var_os("LUXTENSOR_SIM_DEBUG").is_some() {
+            eprintln!("{:?}", self.config);
             for (i, n) in self.nodes.iter().enumerate() {
                 eprintln!(
                     "node {i}: finalized {} engine {:?} stats {:?}",
@@ -696,7 +751,7 @@ impl Simulation {
                 .nodes
                 .iter()
                 .enumerate()
-                .filter(|(_, n)| n.caught)
+                .filter(|(_, n)| !n.catches.is_empty())
                 .map(|(i, _)| i)
                 .collect(),
             config: self.config.clone(),
@@ -805,8 +860,13 @@ impl Simulation {
                 "an honest validator was accused of misbehaviour: {key}"
             )));
         }
-        // Every equivocator is slashed and ejected.
-        for node in self.nodes.iter().filter(|n| n.caught) {
+        // Every equivocator is slashed and ejected, if its evidence could
+        // reach the chain while the chain still admitted it.
+        for node in self
+            .nodes
+            .iter()
+            .filter(|n| n.catches.iter().any(|c| self.provable(c)))
+        {
             let owner = DEV_ACCOUNTS[node.key_index as usize];
             if rotation.next_validators().iter().any(|v| v.owner == owner) {
                 return Err(self.fail(format!(

@@ -36,15 +36,22 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-# Wait (bounded) for the first finalized block.
-for _ in $(seq 1 150); do
-  if curl -s -X POST -H 'content-type: application/json' \
-      --data '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}' "http://127.0.0.1:$HTTP_PORT" \
-      | grep -q '"result":"0x[1-9a-f]'; then
-    break
-  fi
-  sleep 0.2
-done
+# Waits (at most 60 s) until the JSON-RPC server at $1 reports a block
+# above genesis; otherwise prints $2 and the log $3, and fails.
+wait_for_block() {
+  for _ in $(seq 1 300); do
+    if curl -s -X POST -H 'content-type: application/json' \
+        --data '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}' "$1" \
+        | grep -q '"result":"0x[1-9a-f]'; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "no block above genesis from $2 after 60 s; its log follows"
+  tail -n 60 "$3"
+  exit 1
+}
+wait_for_block "http://127.0.0.1:$HTTP_PORT" "node 0" "$WORK/devnet.out"
 stake_key() { # prints "BLS_KEY POP" of a fresh validator key
   local out
   out="$("$NODE" keygen --out "$1")"
@@ -64,15 +71,7 @@ P_PORT="$(free_port)"; P_METRICS="$(free_port)"
 "$PROXY" --upstream "ws://127.0.0.1:$WS_PORT" --upstream "$NODE1_WS" --chain "$WORK/devnet/chain.json" \
   --listen "127.0.0.1:$P_PORT" --metrics "127.0.0.1:$P_METRICS" > "$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
-# Wait (bounded, 30 s) for a verified head.
-for _ in $(seq 1 150); do
-  if curl -s -X POST -H 'content-type: application/json' \
-      --data '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}' "http://127.0.0.1:$P_PORT" \
-      | grep -q '"result":"0x[1-9a-f]'; then
-    break
-  fi
-  sleep 0.2
-done
+wait_for_block "http://127.0.0.1:$P_PORT" "the proxy (verified heads)" "$WORK/proxy.log"
 # The proxy answers lux_stakingContract itself (a protocol constant): it must equal the node's.
 CONTRACT='{"jsonrpc":"2.0","id":1,"method":"lux_stakingContract"}'
 FROM_NODE="$(curl -s -X POST -H 'content-type: application/json' --data "$CONTRACT" "http://127.0.0.1:$HTTP_PORT")"
