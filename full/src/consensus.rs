@@ -1669,6 +1669,48 @@ mod tests {
         assert_eq!(sent(drain(&mut node)), 0, "not again within the same slots");
     }
 
+    #[test]
+    fn the_highest_qc_is_sent_again_while_no_newer_one_comes() {
+        let spec = ChainSpec::devnet(4);
+        let set = spec.genesis_set().unwrap();
+        let at = |slot: u64| {
+            1000 * spec.genesis_timestamp + slot * spec.slot_duration_ms + spec.slot_duration_ms / 2
+        };
+        let proposer = set.proposer_index(1) as u32;
+        let mut proposing = engine(
+            &spec,
+            proposer,
+            Box::new(MemorySlashingProtection::default()),
+        );
+        proposing.handle_tick(at(1));
+        let block = proposal(drain(&mut proposing)).expect("the proposer proposes");
+        let qc = certificate(&spec, 1, block.hash(), &[0, 1, 2]);
+        let observer = (proposer + 1) % 4;
+        let mut node = engine(
+            &spec,
+            observer,
+            Box::new(MemorySlashingProtection::default()),
+        );
+        node.handle_tick(at(1));
+        node.handle_message(Message::Proposal(Box::new(block)));
+        node.handle_message(Message::Certificate(qc.clone()));
+        drain(&mut node);
+        let resent = |node: &mut Engine, slot: u64| {
+            node.handle_tick(at(slot));
+            drain(node)
+                .into_iter()
+                .filter(|a| matches!(a, Action::Broadcast(Message::Certificate(q)) if *q == qc))
+                .count()
+        };
+        assert_eq!(node.high_qc(), &qc);
+        let sent: Vec<usize> = (2..=7).map(|slot| resent(&mut node, slot)).collect();
+        assert_eq!(
+            sent,
+            [0, 1, 0, 1, 0, 1],
+            "after 2 quiet slots, then every 2"
+        );
+    }
+
     /// The first block among `actions`.
     fn proposal(actions: Vec<Action>) -> Option<Block> {
         actions.into_iter().find_map(|a| match a {
