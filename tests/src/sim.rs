@@ -10,6 +10,7 @@
 use crate::wallet::{dev_signer, staking_call, transfer};
 use alloy_primitives::{B256, U256};
 use luxtensor_full::consensus::{Action, ConsensusConfig, Engine, Message, Root};
+use luxtensor_full::execution::EvidenceRejection;
 use luxtensor_full::slashing_protection::{
     MemorySlashingProtection, SigningRequest, SlashingError, SlashingProtection,
 };
@@ -236,7 +237,8 @@ struct Catch {
     /// The epoch the evidence is about.
     epoch: u64,
     /// When the catcher could first send it to the rest of the network:
-    /// when it caught it, or when the partition it was behind healed.
+    /// when it caught it, or when the partition it was behind healed
+    /// (`u64::MAX`: never, its own head already refused it as too old).
     reach_ms: u64,
 }
 
@@ -524,7 +526,7 @@ impl Simulation {
                     let accused = self.nodes.iter().position(|n| n.public_key == offender);
                     match accused {
                         Some(a) if self.nodes[a].byzantine.is_some() => {
-                            let catch = self.catch(i, evidence.epoch());
+                            let catch = self.catch(i, &evidence);
                             self.nodes[a].catches.push(catch);
                         }
                         Some(_) => self.honest_accused = self.honest_accused.or(Some(offender)),
@@ -535,8 +537,30 @@ impl Simulation {
         }
     }
 
-    /// Node `i`'s catch now of an offence in `epoch`.
-    fn catch(&self, i: usize, epoch: u64) -> Catch {
+    /// Node `i`'s catch now of the offence `evidence` proves. A proof its
+    /// own head already refuses as too old (the head can be epochs ahead of
+    /// the offence when the offending votes arrive late, at a heal) can
+    /// never be included: it counts as caught only after the run, as not
+    /// provable (seed 4175).
+    fn catch(&self, i: usize, evidence: &luxtensor_light::Evidence) -> Catch {
+        let epoch = evidence.epoch();
+        let too_old = self.nodes[i].engine.as_ref().is_some_and(|engine| {
+            matches!(
+                luxtensor_full::execution::check_evidence(
+                    &engine.head().state,
+                    evidence,
+                    self.spec.chain_id,
+                    None,
+                ),
+                Err(EvidenceRejection::TooOld { .. } | EvidenceRejection::UnknownEpoch { .. })
+            )
+        });
+        if too_old {
+            return Catch {
+                epoch,
+                reach_ms: u64::MAX,
+            };
+        }
         let reach_ms = match &self.partition {
             Some((groups, start, end)) if (*start..*end).contains(&self.now_ms) => {
                 let cut_off = (0..self.nodes.len())
@@ -558,6 +582,9 @@ impl Simulation {
     /// node had finalized a block of, which is at most the chain's: the
     /// check errs towards demanding the slash.
     fn provable(&self, catch: &Catch) -> bool {
+        if catch.reach_ms == u64::MAX {
+            return false;
+        }
         let epoch_then = self
             .finalized_epochs
             .iter()

@@ -131,6 +131,12 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          highest QC again after 2 slots without a newer one (`QC_RESEND_SLOTS`)",
     ),
     (
+        4175,
+        "reckless validator 5's votes of epoch 1 reached the honest nodes at the heal, when their \
+         heads were two epochs on: the proof was too old at its every catcher, so no slash is \
+         required (the evidence window again)",
+    ),
+    (
         8141,
         "equivocator 9 stayed in the next set; passes since the QC resend above (found in the \
          same 10,000-seed run; not analysed further)",
