@@ -238,8 +238,8 @@ struct Catch {
     epoch: u64,
     /// When the catcher could first send it to the rest of the network:
     /// when it caught it, or when the partition it was behind healed
-    /// (`u64::MAX`: never, its own head already refused it as too old).
-    reach_ms: u64,
+    /// (`None`: never, its own head already refused it as too old).
+    reach_ms: Option<u64>,
 }
 
 /// What a run produced, for the invariants and for benchmarks.
@@ -558,7 +558,7 @@ impl Simulation {
         if too_old {
             return Catch {
                 epoch,
-                reach_ms: u64::MAX,
+                reach_ms: None,
             };
         }
         let reach_ms = match &self.partition {
@@ -570,7 +570,10 @@ impl Simulation {
             }
             _ => self.now_ms,
         };
-        Catch { epoch, reach_ms }
+        Catch {
+            epoch,
+            reach_ms: Some(reach_ms),
+        }
     }
 
     /// Whether the chain could still admit the catch's evidence once the
@@ -582,13 +585,13 @@ impl Simulation {
     /// node had finalized a block of, which is at most the chain's: the
     /// check errs towards demanding the slash.
     fn provable(&self, catch: &Catch) -> bool {
-        if catch.reach_ms == u64::MAX {
+        let Some(reach_ms) = catch.reach_ms else {
             return false;
-        }
+        };
         let epoch_then = self
             .finalized_epochs
             .iter()
-            .take_while(|(at, _)| *at <= catch.reach_ms)
+            .take_while(|(at, _)| *at <= reach_ms)
             .last()
             .map_or(0, |(_, epoch)| *epoch);
         catch.epoch + 1 >= epoch_then
