@@ -140,7 +140,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct BehaviourConfig {
     /// Most established connections.
     pub max_peers: u32,
-    /// Timeout of one sync request (the sync scheduler adapts its own, shorter ones).
+    /// Timeout of one sync request, both ways. Longer than every deadline
+    /// of the sync scheduler, so that the scheduler always judges its
+    /// requests first (a peer's own inbound timeout ends a request with an
+    /// end of file, which proves nothing).
     pub request_timeout: Duration,
     /// Gossipsub heartbeat.
     pub heartbeat: Duration,
@@ -150,7 +153,7 @@ impl Default for BehaviourConfig {
     fn default() -> Self {
         Self {
             max_peers: 50,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_millis(crate::sync::BLOCK_REQUEST_TIMEOUT_MS + 10_000),
             heartbeat: Duration::from_millis(700),
         }
     }

@@ -661,6 +661,9 @@ impl Node {
             let id = self.network.request(outgoing.peer, &outgoing.request);
             self.sync.sent(id, &outgoing);
         }
+        for (peer, why) in self.sync.penalties() {
+            self.network.penalise(peer, why);
+        }
         loop {
             let room = self.sync_import.room().min(IMPORT_RUN);
             if room == 0 {

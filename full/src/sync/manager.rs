@@ -44,6 +44,13 @@ pub const BLOCKS_PER_BATCH: u32 = 32;
 /// enough to keep every peer's pipeline full while the oldest batch is
 /// late, without holding thousands of blocks while import catches up.
 pub const BUFFERED_BLOCKS: usize = 1_024;
+/// How long a peer may take to answer a request for headers (at most 128
+/// headers, some 80 kB, served behind at most
+/// [`super::MAX_PARALLEL_DOWNLOADS`] body batches) before the range is asked
+/// of another peer and this one is penalised. The queue waits for the
+/// oldest header page, so a peer that never answers must not hold it for
+/// the network's own, much longer, request timeout.
+pub const HEADER_REQUEST_TIMEOUT_MS: u64 = 5_000;
 
 /// What a request the manager asked for is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +70,24 @@ pub struct Outgoing {
     pub request: SyncRequest,
     /// Hand back to [`SyncManager::sent`] with the network's request id.
     pub tag: Tag,
+    /// When the request times out (the scheduler's adaptive deadline for a
+    /// batch, [`HEADER_REQUEST_TIMEOUT_MS`] for headers).
+    pub deadline_ms: u64,
+}
+
+/// One of our requests in flight on the network.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    peer: PeerId,
+    tag: Tag,
+    sent_ms: u64,
+    deadline_ms: u64,
+    /// Sent before the last reset: its answer is no longer wanted, but a
+    /// missed deadline still counts against the peer.
+    stale: bool,
+    /// Its deadline passed and it was judged: how the network ends it
+    /// (answer, failure) changes nothing more.
+    expired: bool,
 }
 
 /// What changed in the sync's life after an update.
@@ -85,14 +110,19 @@ struct Active {
     imported_at_start: u64,
 }
 
-/// The range-sync driver of a node.
+/// The range-sync driver of a node. `Id` names a network request (the
+/// tests use their own).
 #[derive(Debug)]
-pub struct SyncManager {
+pub struct SyncManager<Id = OutboundRequestId> {
     config: SyncConfig,
     protocol: SyncProtocol<PeerId>,
     peers: HashMap<PeerId, u64>,
-    /// Our requests in flight: to whom, what for, when sent.
-    requests: HashMap<OutboundRequestId, (PeerId, Tag, u64)>,
+    /// Our requests in flight, until the network ends them (an answer or
+    /// a failure), including those of before a reset: each is judged once
+    /// against its deadline.
+    requests: HashMap<Id, InFlight>,
+    /// Penalties for missed deadlines, until [`Self::penalties`] takes them.
+    due_penalties: Vec<(PeerId, Misbehaviour)>,
     /// Header ranges asked for, by first number: (peer, count). Several are
     /// in flight at once, each to the least loaded peer, so that headers keep
     /// ahead of the bodies however busy any one peer is.
@@ -120,7 +150,7 @@ pub struct SyncManager {
     generation: u64,
 }
 
-impl SyncManager {
+impl<Id: Copy + Eq + std::hash::Hash + std::fmt::Debug> SyncManager<Id> {
     /// A manager with the node's scheduler configuration: the defaults,
     /// with [`BLOCKS_PER_BATCH`], [`BUFFERED_BLOCKS`] and the last blocks
     /// spread over the peers ([`SyncConfig::spread_tail`]).
@@ -140,6 +170,7 @@ impl SyncManager {
             config,
             peers: HashMap::new(),
             requests: HashMap::new(),
+            due_penalties: Vec::new(),
             header_requests: BTreeMap::new(),
             header_pages: BTreeMap::new(),
             header_failures: HashMap::new(),
@@ -160,7 +191,7 @@ impl SyncManager {
     }
 
     /// Whether a network request is one of ours.
-    pub fn owns(&self, id: OutboundRequestId) -> bool {
+    pub fn owns(&self, id: Id) -> bool {
         self.requests.contains_key(&id)
     }
 
@@ -177,14 +208,18 @@ impl SyncManager {
         self.peers.remove(peer);
         self.header_failures.remove(peer);
         self.protocol.remove_peer(peer);
-        let lost: Vec<OutboundRequestId> = self
+        let lost: Vec<Id> = self
             .requests
             .iter()
-            .filter(|(_, (p, _, _))| p == peer)
+            .filter(|(_, request)| request.peer == *peer)
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
-            if let Some((_, Tag::Headers(start), _)) = self.requests.remove(&id) {
+            if let Some(request) = self.requests.remove(&id)
+                && let Tag::Headers(start) = request.tag
+                && !request.stale
+                && !request.expired
+            {
                 self.header_requests.remove(&start);
             }
         }
@@ -227,6 +262,10 @@ impl SyncManager {
     /// The requests to send now, given our head.
     pub fn poll_requests(&mut self, head: &Header, now_ms: u64) -> Vec<Outgoing> {
         self.latest_ms = now_ms;
+        for (peer, id) in self.protocol.check_timeouts(now_ms) {
+            tracing::debug!(%peer, ?id, "sync batch timed out");
+        }
+        self.expire_requests(now_ms);
         let best = self.best_peer();
         if self.active.is_none() {
             match best {
@@ -244,10 +283,7 @@ impl SyncManager {
             }
         }
         let mut out = Vec::new();
-        for (peer, id) in self.protocol.check_timeouts(now_ms) {
-            tracing::debug!(%peer, ?id, "sync batch timed out");
-        }
-        self.request_headers(head, &mut out);
+        self.request_headers(head, now_ms, &mut out);
         while let Some((peer, batch)) = self.protocol.next_request(now_ms) {
             out.push(Outgoing {
                 peer,
@@ -256,6 +292,7 @@ impl SyncManager {
                     count: u64::from(batch.count()),
                 },
                 tag: Tag::Batch(batch.id),
+                deadline_ms: batch.deadline_ms,
             });
         }
         out
@@ -263,7 +300,7 @@ impl SyncManager {
 
     /// Asks for the next header ranges not yet asked for or received, up to
     /// [`MAX_HEADER_REQUESTS`] at once and within the queue's room.
-    fn request_headers(&mut self, head: &Header, out: &mut Vec<Outgoing>) {
+    fn request_headers(&mut self, head: &Header, now_ms: u64, out: &mut Vec<Outgoing>) {
         let mut next = self
             .protocol
             .last_queued()
@@ -301,10 +338,41 @@ impl SyncManager {
                 peer,
                 request: SyncRequest::HeadersByRange { start: next, count },
                 tag: Tag::Headers(next),
+                deadline_ms: now_ms.saturating_add(HEADER_REQUEST_TIMEOUT_MS),
             });
             self.header_requests.insert(next, (peer, count));
             room -= count;
             next += count;
+        }
+    }
+
+    /// Judges the requests whose deadline has passed. A header range goes
+    /// back to be asked of another peer, and its peer is penalised; a request
+    /// from before a reset costs its peer the same penalty. (The scheduler
+    /// judges its own batches, with the same deadlines.)
+    fn expire_requests(&mut self, now_ms: u64) {
+        let due: Vec<Id> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| !request.expired && request.deadline_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let request = self.requests.get_mut(&id).expect("listed above");
+            request.expired = true;
+            let InFlight {
+                peer, tag, stale, ..
+            } = *request;
+            match (stale, tag) {
+                (false, Tag::Batch(_)) => continue,
+                (false, Tag::Headers(start)) => {
+                    self.header_requests.remove(&start);
+                    self.header_failed(peer);
+                }
+                (true, _) => {}
+            }
+            tracing::debug!(%peer, ?tag, stale, "sync request timed out");
+            self.due_penalties.push((peer, Misbehaviour::Timeout));
         }
     }
 
@@ -344,22 +412,42 @@ impl SyncManager {
     }
 
     /// Records the network id of a request returned by [`Self::poll_requests`].
-    pub fn sent(&mut self, id: OutboundRequestId, outgoing: &Outgoing) {
-        self.requests
-            .insert(id, (outgoing.peer, outgoing.tag, self.latest_ms));
+    pub fn sent(&mut self, id: Id, outgoing: &Outgoing) {
+        self.requests.insert(
+            id,
+            InFlight {
+                peer: outgoing.peer,
+                tag: outgoing.tag,
+                sent_ms: self.latest_ms,
+                deadline_ms: outgoing.deadline_ms,
+                stale: false,
+                expired: false,
+            },
+        );
     }
 
     /// An answer to one of our requests; returns the penalties to apply.
     pub fn on_response(
         &mut self,
         peer: PeerId,
-        id: OutboundRequestId,
+        id: Id,
         response: SyncResponse,
         now_ms: u64,
     ) -> Vec<(PeerId, Misbehaviour)> {
-        let Some((_, tag, sent_ms)) = self.requests.remove(&id) else {
+        let Some(InFlight {
+            tag,
+            sent_ms,
+            stale,
+            expired,
+            ..
+        }) = self.requests.remove(&id)
+        else {
             return vec![];
         };
+        if stale || expired {
+            tracing::debug!(%peer, ?tag, stale, expired, "late sync answer ignored");
+            return vec![];
+        }
         if tracing::enabled!(tracing::Level::DEBUG) {
             let (kind, len) = match &response {
                 SyncResponse::Headers(h) => ("headers", h.len()),
@@ -410,34 +498,35 @@ impl SyncManager {
         penalties
     }
 
-    /// One of our requests failed on the network; returns a penalty for a
-    /// header request that ran out of time (body batches have the
-    /// scheduler's own, adaptive deadlines, penalised through [`Self::penalties`]).
-    pub fn on_failure(
-        &mut self,
-        peer: PeerId,
-        id: OutboundRequestId,
-        timed_out: bool,
-    ) -> Option<Misbehaviour> {
-        match self.requests.remove(&id) {
-            Some((_, Tag::Headers(start), _)) => {
+    /// One of our requests failed on the network (closed stream, the
+    /// network's own timeout, …). Our requests are judged against their
+    /// own, shorter, deadlines (see [`Self::penalties`]), so only a request
+    /// that is not ours (the engine's by-hash requests) gets a penalty here,
+    /// for a timeout.
+    pub fn on_failure(&mut self, peer: PeerId, id: Id, timed_out: bool) -> Option<Misbehaviour> {
+        let Some(request) = self.requests.remove(&id) else {
+            return timed_out.then_some(Misbehaviour::Timeout);
+        };
+        if request.stale || request.expired {
+            return None;
+        }
+        match request.tag {
+            Tag::Headers(start) => {
                 self.header_requests.remove(&start);
                 self.header_failed(peer);
-                timed_out.then_some(Misbehaviour::Timeout)
             }
-            Some((_, Tag::Batch(batch), _)) => {
+            Tag::Batch(batch) => {
                 let _ = self.protocol.handle_failure(&peer, batch);
-                None
             }
-            // A request from before a reset (or the engine's by-hash
-            // request): nobody else judges it, so a timeout counts here.
-            None => timed_out.then_some(Misbehaviour::Timeout),
         }
+        None
     }
 
-    /// Scheduler penalties as peer-score penalties.
+    /// The penalties due: missed deadlines, and the scheduler's penalties
+    /// as peer-score penalties. The driver takes them after every
+    /// [`Self::poll_requests`] (answers return theirs at once).
     pub fn penalties(&mut self) -> Vec<(PeerId, Misbehaviour)> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.due_penalties);
         while let Some(event) = self.protocol.poll_event() {
             if let SyncEvent::Penalize { peer, reason } = event {
                 tracing::debug!(%peer, %reason, "sync peer penalised");
@@ -529,7 +618,11 @@ impl SyncManager {
         for (peer, best) in &self.peers {
             let _ = self.protocol.add_peer(*peer, *best);
         }
-        self.requests.clear();
+        // Requests in flight stay until the network ends them: a peer that
+        // never answers is still found out at the deadline.
+        for request in self.requests.values_mut() {
+            request.stale = true;
+        }
         self.header_requests.clear();
         self.header_pages.clear();
         self.header_sources.clear();
@@ -597,8 +690,124 @@ impl SyncManager {
     }
 }
 
-impl Default for SyncManager {
+impl<Id: Copy + Eq + std::hash::Hash + std::fmt::Debug> Default for SyncManager<Id> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::tests::chain;
+
+    /// A manager (request ids are plain numbers) that has just started a
+    /// sync of `blocks` from `blocks[0]` with two peers at its end, and the
+    /// header requests it sent, with their ids.
+    fn started(blocks: &[Block]) -> (SyncManager<u32>, [PeerId; 2], Vec<(u32, Outgoing)>) {
+        let mut sync = SyncManager::<u32>::new();
+        let best = blocks.last().unwrap().header.header.number;
+        let peers = [PeerId::random(), PeerId::random()];
+        for peer in peers {
+            sync.update_peer(peer, best);
+        }
+        let head = &blocks[0].header.header;
+        let sent = send(&mut sync, head, 0, 1);
+        assert_eq!(sync.outcome(head, false), SyncOutcome::Started);
+        (sync, peers, sent)
+    }
+
+    /// Polls at `now_ms` and records the requests as sent with ids from `first_id` on.
+    fn send(
+        sync: &mut SyncManager<u32>,
+        head: &Header,
+        now_ms: u64,
+        first_id: u32,
+    ) -> Vec<(u32, Outgoing)> {
+        let out = sync.poll_requests(head, now_ms);
+        out.into_iter()
+            .zip(first_id..)
+            .map(|(outgoing, id)| {
+                sync.sent(id, &outgoing);
+                (id, outgoing)
+            })
+            .collect()
+    }
+
+    fn header_request(sent: &[(u32, Outgoing)], start: u64) -> Option<(u32, PeerId)> {
+        sent.iter()
+            .find(|(_, o)| o.tag == Tag::Headers(start))
+            .map(|(id, o)| (*id, o.peer))
+    }
+
+    #[test]
+    fn headers_not_served_in_time_are_asked_of_another_peer_and_the_peer_penalised() {
+        let blocks = chain(0, 201);
+        let head = &blocks[0].header.header;
+        let (mut sync, _, sent) = started(&blocks);
+        let (id, silent) = header_request(&sent, 1).expect("headers from block 1 asked for");
+        assert_eq!(sent[0].1.deadline_ms, HEADER_REQUEST_TIMEOUT_MS);
+        // The other peer serves the next page at once.
+        let (next_id, next_peer) = header_request(&sent, 129).unwrap();
+        assert_ne!(next_peer, silent, "the least loaded peer");
+        let page = SyncResponse::Headers(blocks[129..].iter().map(|b| b.header.clone()).collect());
+        assert!(sync.on_response(next_peer, next_id, page, 50).is_empty());
+
+        let before = send(&mut sync, head, HEADER_REQUEST_TIMEOUT_MS - 1, 10);
+        assert!(header_request(&before, 1).is_none());
+        assert!(sync.penalties().is_empty());
+
+        let after = send(&mut sync, head, HEADER_REQUEST_TIMEOUT_MS, 20);
+        assert_eq!(sync.penalties(), vec![(silent, Misbehaviour::Timeout)]);
+        let (_, other) = header_request(&after, 1).expect("asked again");
+        assert_eq!(other, next_peer);
+
+        // A late answer is ignored, and costs nothing more.
+        let late = SyncResponse::Headers(blocks[1..129].iter().map(|b| b.header.clone()).collect());
+        assert!(sync.on_response(silent, id, late, 6_000).is_empty());
+        let again = send(&mut sync, head, 6_000, 30);
+        assert!(
+            header_request(&again, 1).is_none(),
+            "still asked of the other peer"
+        );
+        assert!(sync.penalties().is_empty());
+    }
+
+    #[test]
+    fn a_request_in_flight_when_the_sync_ends_is_still_judged_at_its_deadline() {
+        let blocks = chain(0, 201);
+        let (mut sync, _, sent) = started(&blocks);
+        let (id, silent) = header_request(&sent, 1).unwrap();
+        let (answered_id, answered_by) = header_request(&sent, 129).unwrap();
+
+        // The sync ends (our head reached the peers' by other means).
+        let end = &blocks[200].header.header;
+        assert_eq!(sync.outcome(end, false), SyncOutcome::CaughtUp);
+        assert!(sync.owns(id), "still tracked after the reset");
+
+        // An answer after the reset is no longer wanted, and no fault.
+        let page = SyncResponse::Headers(blocks[129..].iter().map(|b| b.header.clone()).collect());
+        assert!(
+            sync.on_response(answered_by, answered_id, page, 100)
+                .is_empty()
+        );
+
+        assert!(send(&mut sync, end, HEADER_REQUEST_TIMEOUT_MS - 1, 10).is_empty());
+        assert!(sync.penalties().is_empty());
+        assert!(send(&mut sync, end, HEADER_REQUEST_TIMEOUT_MS, 20).is_empty());
+        assert_eq!(sync.penalties(), vec![(silent, Misbehaviour::Timeout)]);
+        assert_eq!(sync.on_failure(silent, id, true), None, "judged already");
+        assert!(!sync.owns(id));
+        // Judged once only.
+        assert!(send(&mut sync, end, 60_000, 30).is_empty());
+        assert!(sync.penalties().is_empty());
+    }
+
+    #[test]
+    fn a_request_that_is_not_ours_is_penalised_for_a_network_timeout_only() {
+        let mut sync = SyncManager::<u32>::new();
+        let peer = PeerId::random();
+        assert_eq!(sync.on_failure(peer, 7, false), None);
+        assert_eq!(sync.on_failure(peer, 7, true), Some(Misbehaviour::Timeout));
     }
 }

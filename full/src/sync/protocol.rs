@@ -1234,7 +1234,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
     /// Hedges the oldest batch to a second peer if it is late: in flight
     /// `hedge_factor` times its expected time (half its timeout for an
     /// unmeasured peer), or at least `hedge_delay_ms` while an idle peer is
-    /// expected to deliver it sooner than its holder.
+    /// expected to deliver it sooner than its holder (for an unmeasured
+    /// holder: while `hedge_factor` times the idle peer's expected time has
+    /// passed).
     fn try_hedge(&mut self, now_ms: u64) -> Option<(P, BatchRequest)> {
         let (id, request) = self.oldest_request()?;
         let (early, late) = self.hedge_times(request);
@@ -1260,7 +1262,16 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             (Some(cand), Some(holder)) => {
                 now_ms.saturating_add(cand) < request.sent_ms.saturating_add(holder)
             }
-            _ => false,
+            // An unmeasured holder (a new peer, or one that never answers)
+            // is late once a measured peer could have delivered the batch
+            // `hedge_factor` times over.
+            (Some(cand), None) => {
+                now_ms
+                    >= request
+                        .sent_ms
+                        .saturating_add(cand.saturating_mul(self.config.hedge_factor))
+            }
+            (None, _) => false,
         };
         if now_ms < late && !sooner {
             return None;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A chain of `len` blocks from `start` with empty, valid bodies. The
 /// scheduler checks hashes and bodies, not seals, so the seals are zero.
-fn chain(start: u64, len: usize) -> Vec<Block> {
+pub(super) fn chain(start: u64, len: usize) -> Vec<Block> {
     let mut parent = B256::repeat_byte(0xaa);
     (start..start + len as u64)
         .map(|number| {
@@ -47,7 +47,7 @@ fn chain(start: u64, len: usize) -> Vec<Block> {
         .collect()
 }
 
-fn headers(blocks: &[Block]) -> Vec<SignedHeader> {
+pub(super) fn headers(blocks: &[Block]) -> Vec<SignedHeader> {
     blocks.iter().map(|b| b.header.clone()).collect()
 }
 
@@ -509,14 +509,15 @@ fn a_late_oldest_range_is_hedged_and_the_first_answer_wins() {
     assert_eq!((p, fast.start), (2, 128));
     sync.handle_response(&2, fast.id, answer(&blocks, &fast), 100)
         .unwrap();
-    // Peer 1 is unmeasured: its batch is late at half its 30 s timeout.
-    assert_eq!(sync.next_request(1_000), None);
-    assert_eq!(sync.next_wakeup_ms(1_000), Some(15_000));
-    assert_eq!(sync.next_request(14_999), None);
-    let (p, hedge) = sync.next_request(15_000).unwrap();
+    // Peer 1 is unmeasured and peer 2 delivered 128 blocks in 100 ms: the
+    // batch is late once peer 2 could have delivered it twice over, and not
+    // before the hedge delay (1 s).
+    assert_eq!(sync.next_wakeup_ms(100), Some(1_000));
+    assert_eq!(sync.next_request(999), None);
+    let (p, hedge) = sync.next_request(1_000).unwrap();
     assert_eq!((p, hedge.start, hedge.count()), (2, 0, 128));
     assert_eq!(sync.get_stats().hedges, 1);
-    assert_eq!(sync.next_request(15_000), None, "hedged once only");
+    assert_eq!(sync.next_request(1_000), None, "hedged once only");
     sync.handle_response(&2, hedge.id, answer(&blocks, &hedge), 15_100)
         .unwrap();
     assert_eq!(
@@ -534,6 +535,26 @@ fn a_late_oldest_range_is_hedged_and_the_first_answer_wins() {
     );
     assert_eq!(sync.take_ready(), blocks);
     assert!(sync.check_timeouts(100_000).is_empty());
+}
+
+#[test]
+fn with_no_measured_peer_to_compare_an_unmeasured_batch_is_late_at_half_its_timeout() {
+    let blocks = chain(0, 256);
+    let config = SyncConfig {
+        max_parallel_downloads: 1,
+        ..SyncConfig::default()
+    };
+    let mut sync = scheduler(config, &blocks, &[(1, 256), (2, 256)]);
+    let (p1, oldest) = sync.next_request(0).unwrap();
+    let (p2, _) = sync.next_request(0).unwrap();
+    assert_eq!((p1, p2), (1, 2));
+    // Peer 3 is idle but as unmeasured as the holder.
+    sync.add_peer(3, 256).unwrap();
+    assert_eq!(sync.next_request(1_000), None);
+    assert_eq!(sync.next_wakeup_ms(1_000), Some(15_000));
+    assert_eq!(sync.next_request(14_999), None);
+    let (p, hedge) = sync.next_request(15_000).unwrap();
+    assert_eq!((p, hedge.start), (3, oldest.start));
 }
 
 #[test]
