@@ -44,12 +44,14 @@ pub const BLOCKS_PER_BATCH: u32 = 32;
 /// enough to keep every peer's pipeline full while the oldest batch is
 /// late, without holding thousands of blocks while import catches up.
 pub const BUFFERED_BLOCKS: usize = 1_024;
-/// How long a peer may take to answer a request for headers (at most 128
-/// headers, some 80 kB, served behind at most
-/// [`super::MAX_PARALLEL_DOWNLOADS`] body batches) before the range is asked
-/// of another peer and this one is penalised. The queue waits for the
-/// oldest header page, so a peer that never answers must not hold it for
-/// the network's own, much longer, request timeout.
+/// How long a peer with nothing else to serve for us may take to answer a
+/// request for headers (at most 128, some 40–80 kB) before the range is
+/// asked of another peer and this one is penalised; a peer serving body
+/// batches or other header pages first gets the scheduler's timeout for
+/// what it serves ahead, if that is longer (see
+/// [`SyncManager::header_timeout_ms`]). The queue waits for the oldest header
+/// page, so a peer that never answers must not hold it for the network's
+/// own, much longer, request timeout.
 pub const HEADER_REQUEST_TIMEOUT_MS: u64 = 5_000;
 
 /// What a request the manager asked for is about.
@@ -338,12 +340,32 @@ impl<Id: Copy + Eq + std::hash::Hash + std::fmt::Debug> SyncManager<Id> {
                 peer,
                 request: SyncRequest::HeadersByRange { start: next, count },
                 tag: Tag::Headers(next),
-                deadline_ms: now_ms.saturating_add(HEADER_REQUEST_TIMEOUT_MS),
+                deadline_ms: now_ms.saturating_add(self.header_timeout_ms(&peer)),
             });
             self.header_requests.insert(next, (peer, count));
             room -= count;
             next += count;
         }
+    }
+
+    /// The timeout of a new header request to `peer`: a peer serves our
+    /// requests one after another, so behind body batches or other header
+    /// pages it gets the scheduler's timeout for a batch behind those (a
+    /// page counted as [`BLOCKS_PER_BATCH`] blocks), and never less than
+    /// [`HEADER_REQUEST_TIMEOUT_MS`].
+    fn header_timeout_ms(&self, peer: &PeerId) -> u64 {
+        let pages_ahead = self
+            .header_requests
+            .values()
+            .filter(|(p, _)| p == peer)
+            .count() as u32;
+        if pages_ahead == 0 && self.protocol.peer_in_flight(peer) == 0 {
+            return HEADER_REQUEST_TIMEOUT_MS;
+        }
+        self.protocol
+            .peer_timeout_ms(peer, BLOCKS_PER_BATCH.saturating_mul(pages_ahead + 1))
+            .unwrap_or(self.config.request_timeout_ms)
+            .max(HEADER_REQUEST_TIMEOUT_MS)
     }
 
     /// Judges the requests whose deadline has passed. A header range goes
@@ -771,6 +793,27 @@ mod tests {
             "still asked of the other peer"
         );
         assert!(sync.penalties().is_empty());
+    }
+
+    #[test]
+    fn a_header_page_behind_others_on_the_same_peer_gets_the_longer_batch_timeout() {
+        let blocks = chain(0, 301);
+        let head = &blocks[0].header.header;
+        let mut sync = SyncManager::<u32>::new();
+        let peer = PeerId::random();
+        sync.update_peer(peer, 300);
+        let sent = send(&mut sync, head, 1_000, 1);
+        let deadlines: Vec<(Tag, u64)> = sent.iter().map(|(_, o)| (o.tag, o.deadline_ms)).collect();
+        let unmeasured = 1_000 + SyncConfig::default().request_timeout_ms;
+        assert_eq!(
+            deadlines,
+            vec![
+                (Tag::Headers(1), 1_000 + HEADER_REQUEST_TIMEOUT_MS),
+                (Tag::Headers(129), unmeasured),
+                (Tag::Headers(257), unmeasured),
+            ],
+            "one peer serves them in turn"
+        );
     }
 
     #[test]
