@@ -1306,14 +1306,15 @@ impl Engine {
             .retain(|(slot, _), _| *slot > root_slot);
         self.early_votes.retain(|(_, v)| v.slot > root_slot);
         self.early_qcs.retain(|q| q.slot > root_slot);
-        // Evidence can be proven only about the current or the previous epoch.
+        // Evidence can be proven only about the current epoch and the last
+        // EVIDENCE_EPOCHS before it.
         let oldest = self
             .tree
             .root()
             .state
             .rotation()
             .current_epoch()
-            .saturating_sub(1);
+            .saturating_sub(crate::rotation::EVIDENCE_EPOCHS);
         for block in &finalized {
             self.punished.extend(block.evidence.iter().map(offence_of));
         }

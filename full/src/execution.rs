@@ -459,19 +459,18 @@ fn staking_log(event: impl SolEvent) -> Log {
     }
 }
 
-/// The members of `epoch`'s set as the state knows them: the current or the
-/// previous epoch's. Evidence validity and the proposer's owner depend on the
+/// The members of `epoch`'s set as the state knows them: the current
+/// epoch's or one of the last [`crate::rotation::EVIDENCE_EPOCHS`] before it.
+/// Evidence validity and the proposer's owner depend on the
 /// state alone, so every node (proposer or importer, restarted or not)
 /// judges them alike.
 fn members_of_epoch(state: &ChainState, epoch: u64) -> Option<&[Validator]> {
     let rotation = state.rotation();
-    if epoch == rotation.current_epoch() {
-        Some(rotation.current_validators())
-    } else if epoch + 1 == rotation.current_epoch() {
-        Some(rotation.previous_validators())
-    } else {
-        None
+    // The next epoch's set is fixed, but no evidence about it can be signed yet.
+    if epoch > rotation.current_epoch() {
+        return None;
     }
+    rotation.validators_of_epoch(epoch)
 }
 
 /// The owner of member `index` of `epoch`'s set, from the state.
@@ -498,8 +497,12 @@ pub enum EvidenceRejection {
         /// The rotation's rule.
         source: RotationError,
     },
-    /// The state knows the sets of its current and previous epoch only.
-    #[error("evidence about epoch {epoch}: only the current and the previous epoch can be proven")]
+    /// The state keeps the sets of its current epoch and of the last
+    /// [`crate::rotation::EVIDENCE_EPOCHS`] before it only.
+    #[error(
+        "evidence about epoch {epoch}: only the current epoch and the {} before it can be proven",
+        crate::rotation::EVIDENCE_EPOCHS
+    )]
     UnknownEpoch {
         /// The epoch the evidence names.
         epoch: u64,
@@ -571,7 +574,8 @@ struct Punishment {
 }
 
 /// Checks that `evidence` would slash on `state` (valid, fresh, about a
-/// member of the current or previous epoch's set, not yet punished, with
+/// member of the set of the current epoch or one of the last
+/// [`crate::rotation::EVIDENCE_EPOCHS`], not yet punished, with
 /// stake left), without changing the state, and returns the offender as a
 /// member of its epoch's set. The same rules [`execute_block`] applies to evidence in a block:
 /// the consensus engine checks gossiped evidence with it before keeping it.
@@ -1427,6 +1431,32 @@ mod tests {
     }
 
     #[test]
+    fn evidence_is_admissible_for_evidence_epochs_after_its_epoch() {
+        let id = chain().spec.chain_id;
+        let vote =
+            |hash: B256| luxtensor_light::Vote::sign(&devnet_validator_key(2), id, 3, hash, 2);
+        let evidence = Evidence::DoubleVote(Box::new(luxtensor_light::evidence::DoubleVote {
+            epoch: 0,
+            first: vote(B256::repeat_byte(1)),
+            second: vote(B256::repeat_byte(2)),
+        }));
+        let at_epoch = |epoch: u64| {
+            let mut c = chain();
+            for e in 1..=epoch {
+                c.state.rotation_mut().process_epoch_transition(e).unwrap();
+            }
+            c.state.begin_block();
+            apply_evidence(&mut c.state, &evidence, id, None)
+        };
+        let last = crate::rotation::EVIDENCE_EPOCHS;
+        assert!(at_epoch(1).is_ok(), "the previous epoch");
+        assert!(at_epoch(last).is_ok(), "the oldest epoch kept");
+        let err = at_epoch(last + 1).unwrap_err();
+        assert_eq!(err, EvidenceRejection::UnknownEpoch { epoch: 0 });
+        assert!(!err.is_fault(), "an honest peer may gossip it late");
+    }
+
+    #[test]
     fn evidence_slashes_once() {
         let mut c = chain();
         let id = c.spec.chain_id;
@@ -1460,7 +1490,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains("epoch 1"),
-            "a future epoch is not the current or the previous: {err}"
+            "a future epoch is none the state can prove: {err}"
         );
     }
 

@@ -18,11 +18,20 @@
 //! - the set never becomes empty: the last validator cannot exit, and an
 //!   ejection that would empty the set is postponed;
 //! - stake that leaves the set stays slashable for `withdrawal_delay_epochs`
-//!   and is then paid out (less any slashing) in a transition's `withdrawals`.
+//!   and is then paid out (less any slashing) in a transition's `withdrawals`;
+//! - the sets of the last [`EVIDENCE_EPOCHS`] epochs stay in the state, so
+//!   that evidence about them can be judged from the state alone.
 
 use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_rlp::{RlpDecodable, RlpEncodable};
 use luxtensor_light::{BlsPublicKey, RotationConfig, Validator, ValidatorSet};
+
+/// Epochs before the current one whose sets the state keeps: evidence about
+/// an offence can be proven for this long after the offence's epoch (and
+/// no longer than the withdrawal delay, after which the stake may be gone).
+/// Long enough for a proof caught behind a partition to reach the chain
+/// after the heal, when the chain may run through several epochs at once.
+pub const EVIDENCE_EPOCHS: u64 = 8;
 
 /// Why a rotation request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,9 +120,17 @@ struct RotationState {
     next_queue_position: u64,
     /// Slot of the block that ended the previous epoch (0 before the first).
     ending_block_slot: u64,
-    /// The set of the previous epoch (empty during epoch 0): evidence about
-    /// it can still be checked from the state alone.
-    previous: Vec<Validator>,
+    /// The sets of the last [`EVIDENCE_EPOCHS`] epochs before the current
+    /// one, oldest first (none during epoch 0): evidence about them can
+    /// still be checked from the state alone.
+    past: Vec<PastSet>,
+}
+
+/// The set of an epoch before the current one.
+#[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+struct PastSet {
+    epoch: u64,
+    validators: Vec<Validator>,
 }
 
 /// One punished offence, so that the same evidence never slashes twice.
@@ -184,7 +201,7 @@ impl ValidatorRotation {
                 offences: Vec::new(),
                 next_queue_position: 0,
                 ending_block_slot: 0,
-                previous: Vec::new(),
+                past: Vec::new(),
             },
         }
     }
@@ -233,9 +250,21 @@ impl ValidatorRotation {
         &self.state.next
     }
 
-    /// The set of the previous epoch (empty during epoch 0).
-    pub fn previous_validators(&self) -> &[Validator] {
-        &self.state.previous
+    /// The set of `epoch`: the current or the next one, or one of the last
+    /// [`EVIDENCE_EPOCHS`] before the current one; `None` for any other.
+    pub fn validators_of_epoch(&self, epoch: u64) -> Option<&[Validator]> {
+        let current = self.state.current_epoch;
+        if epoch == current {
+            return Some(&self.state.current);
+        }
+        if epoch == current + 1 {
+            return Some(&self.state.next);
+        }
+        self.state
+            .past
+            .iter()
+            .find(|p| p.epoch == epoch)
+            .map(|p| p.validators.as_slice())
     }
 
     /// Canonical hash of the current set.
@@ -454,7 +483,12 @@ impl ValidatorRotation {
             )));
         }
         let previous = std::mem::replace(&mut self.state.current, self.state.next.clone());
-        self.state.previous = previous.clone();
+        self.state.past.push(PastSet {
+            epoch: new_epoch - 1,
+            validators: previous.clone(),
+        });
+        let kept_from = new_epoch.saturating_sub(EVIDENCE_EPOCHS);
+        self.state.past.retain(|p| p.epoch >= kept_from);
         self.state.current_epoch = new_epoch;
         self.state.next = self.compute_set(new_epoch + 1);
 
@@ -886,6 +920,34 @@ mod tests {
             r.state.offences.is_empty(),
             "pruned once older than the withdrawal delay"
         );
+    }
+
+    #[test]
+    fn the_sets_of_the_last_evidence_epochs_are_kept() {
+        let mut r = rotation(&[1, 2]);
+        assert_eq!(r.validators_of_epoch(0).map(owners), Some(vec![1, 2]));
+        assert_eq!(r.request_validator_addition(validator(3, 32)), Ok(2));
+        for _ in 0..EVIDENCE_EPOCHS + 3 {
+            advance(&mut r);
+        }
+        let current = r.current_epoch();
+        assert_eq!(current, EVIDENCE_EPOCHS + 3);
+        assert_eq!(r.validators_of_epoch(current + 2), None);
+        assert_eq!(
+            r.validators_of_epoch(current + 1),
+            Some(r.next_validators())
+        );
+        assert_eq!(r.validators_of_epoch(current), Some(r.current_validators()));
+        for epoch in current - EVIDENCE_EPOCHS..current {
+            let expected = if epoch < 2 { vec![1, 2] } else { vec![1, 2, 3] };
+            assert_eq!(
+                r.validators_of_epoch(epoch).map(owners),
+                Some(expected),
+                "epoch {epoch}"
+            );
+        }
+        assert_eq!(r.validators_of_epoch(current - EVIDENCE_EPOCHS - 1), None);
+        assert_eq!(r.state.past.len() as u64, EVIDENCE_EPOCHS, "bounded");
     }
 
     #[test]

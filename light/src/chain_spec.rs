@@ -296,7 +296,7 @@ impl ChainSpec {
     /// Hash of the validator rotation's state at genesis: the canonical RLP
     /// `[0, set, set, [], [], [], [], [], 0, 0, []]` (epoch, current set, next
     /// set, pending activations, pending exits, slashes, withdrawals,
-    /// offences, next queue position, ending block slot, previous set). The full node's
+    /// offences, next queue position, ending block slot, past sets). The full node's
     /// rotation produces the same bytes (a test there checks it).
     pub fn genesis_rotation_state_hash(&self) -> B256 {
         let validators = self.genesis_validators();

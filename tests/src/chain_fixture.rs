@@ -30,6 +30,9 @@ pub const STORE_FILE: &str = "chain.redb";
 pub const SPEC_FILE: &str = "chain.json";
 /// Records what a template holds, so that [`ChainFixture::cached`] can reuse it.
 const META_FILE: &str = "fixture.json";
+/// Bumped whenever the chain's encoding or rules change, so that a template
+/// built by older code is built again (its state roots would not match).
+const FIXTURE_VERSION: u64 = 2;
 
 /// Blocks produced and imported in one [`Importer::import_chain`] call.
 const RUN: usize = 64;
@@ -120,6 +123,7 @@ impl ChainFixture {
         let json = serde_json::to_string_pretty(&spec).expect("spec serializes");
         std::fs::write(dir.join(SPEC_FILE), json).expect("write chain.json");
         let meta = serde_json::json!({
+            "version": FIXTURE_VERSION,
             "blocks": blocks,
             "transfers_per_block": transfers_per_block,
             "hashes": hashes,
@@ -148,6 +152,9 @@ impl ChainFixture {
         let spec =
             ChainSpec::from_json_str(&std::fs::read_to_string(dir.join(SPEC_FILE)).ok()?).ok()?;
         let hashes: Vec<B256> = serde_json::from_value(meta.get("hashes")?.clone()).ok()?;
+        if meta.get("version")?.as_u64()? != FIXTURE_VERSION {
+            return None;
+        }
         let transfers_per_block = meta.get("transfers_per_block")?.as_u64()? as usize;
         dir.join(STORE_FILE).is_file().then(|| Self {
             dir: dir.to_path_buf(),

@@ -11,6 +11,7 @@ use crate::wallet::{dev_signer, staking_call, transfer};
 use alloy_primitives::{B256, U256};
 use luxtensor_full::consensus::{Action, ConsensusConfig, Engine, Message, Root};
 use luxtensor_full::execution::EvidenceRejection;
+use luxtensor_full::rotation::EVIDENCE_EPOCHS;
 use luxtensor_full::slashing_protection::{
     MemorySlashingProtection, SigningRequest, SlashingError, SlashingProtection,
 };
@@ -577,13 +578,13 @@ impl Simulation {
     }
 
     /// Whether the chain could still admit the catch's evidence once the
-    /// catcher could send it. Evidence is admissible about the current or
-    /// the previous epoch only (`docs/protocol.md`), so an equivocation seen
-    /// only behind a partition that outlasted the next epoch's start cannot
-    /// be punished: the honest majority had moved two epochs on by the time
-    /// the proof could reach it. The epoch taken is the highest an honest
-    /// node had finalized a block of, which is at most the chain's: the
-    /// check errs towards demanding the slash.
+    /// catcher could send it. Evidence is admissible about the current epoch
+    /// and the last [`EVIDENCE_EPOCHS`] before it (`docs/protocol.md`), so an
+    /// equivocation seen only behind a partition that outlasted them cannot
+    /// be punished: the honest majority had moved on by the time the proof
+    /// could reach it. The epoch taken is the highest an honest node had
+    /// finalized a block of, which is at most the chain's: the check errs
+    /// towards demanding the slash.
     fn provable(&self, catch: &Catch) -> bool {
         let Some(reach_ms) = catch.reach_ms else {
             return false;
@@ -594,7 +595,7 @@ impl Simulation {
             .take_while(|(at, _)| *at <= reach_ms)
             .last()
             .map_or(0, |(_, epoch)| *epoch);
-        catch.epoch + 1 >= epoch_then
+        catch.epoch + EVIDENCE_EPOCHS >= epoch_then
     }
 
     /// A vote by node `i` for `hash`, whatever its lock and earlier votes say.

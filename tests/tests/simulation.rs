@@ -121,8 +121,8 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         3470,
         "equivocator 9 proposed twice in slot 25 behind a partition where only honest node 7 \
          saw it; the evidence (epoch 1) reached the others at the heal, when they had finalized \
-         epoch 3 and could no longer admit it: such a catch is not required to end in a slash \
-         (see `Simulation::provable`); every other catch still is",
+         epoch 3 and could no longer admit it. Exempt from the slash for a while; since the \
+         state keeps the last 8 epochs' sets (`EVIDENCE_EPOCHS`) the slash is required again",
     ),
     (
         7630,
@@ -133,8 +133,14 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
     (
         4175,
         "reckless validator 5's votes of epoch 1 reached the honest nodes at the heal, when their \
-         heads were two epochs on: the proof was too old at its every catcher, so no slash is \
-         required (the evidence window again)",
+         heads were two epochs on: the proof was too old at its every catcher (the one-epoch \
+         evidence window again; 8 epochs since)",
+    ),
+    (
+        10261,
+        "equivocator 9 proposed twice in slot 25 (epoch 1, the chain stalled by a partition); \
+         at the heal the chain ran from epoch 1 to 3 in 3 s, before any block carried the \
+         proof: the one-epoch evidence window. The state now keeps the last 8 epochs' sets",
     ),
     (
         8141,
