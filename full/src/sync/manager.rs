@@ -72,8 +72,8 @@ pub struct Outgoing {
     pub request: SyncRequest,
     /// Hand back to [`SyncManager::sent`] with the network's request id.
     pub tag: Tag,
-    /// When the request times out (the scheduler's adaptive deadline for a
-    /// batch, [`HEADER_REQUEST_TIMEOUT_MS`] for headers).
+    /// When the request times out: the scheduler's adaptive deadline for a
+    /// batch, [`SyncManager::header_timeout_ms`] from now for headers.
     pub deadline_ms: u64,
 }
 
