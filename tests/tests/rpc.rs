@@ -1311,3 +1311,45 @@ async fn the_seed_websocket_server_api_serves_subscriptions() {
     );
     task.abort();
 }
+
+/// Slow-loris: a client that starts a request and never finishes its head
+/// is disconnected after `header_read_timeout`, while another client is
+/// served meanwhile (on the JSON-RPC port and on the WebSocket-only one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = Duration::from_millis(300);
+    let limits = RpcLimits {
+        header_read_timeout: timeout,
+        ..Default::default()
+    };
+    let chain = RpcChain::start(1, limits).await;
+    let ports = [chain.handle.http_addr, chain.handle.ws_addr.unwrap()];
+    let mut slow = Vec::new();
+    for port in ports {
+        let mut stream = tokio::net::TcpStream::connect(port).await.unwrap();
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: node\r\nContent-Type: applic")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    let started = std::time::Instant::now();
+    let mut http = chain.http().await;
+    assert_eq!(http.result("eth_chainId", json!([])).await, "0x7a69");
+    let mut ws = chain.ws().await;
+    ws.subscribe(json!(["newHeads"])).await;
+    for (stream, port) in slow.iter_mut().zip(ports) {
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "the slow client of {port} was not disconnected"
+        );
+    }
+    assert!(
+        started.elapsed() >= timeout - Duration::from_millis(50),
+        "closed before the timeout"
+    );
+}

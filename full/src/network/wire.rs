@@ -25,6 +25,8 @@ pub const MAX_GOSSIP_BYTES: usize = codec::MAX_BLOCK_BYTES;
 /// Largest piece of slashing evidence, decompressed: two headers at their
 /// cap, with room for the framing.
 pub const MAX_EVIDENCE_BYTES: usize = 2 * codec::MAX_HEADER_BYTES + 1024;
+/// Largest accepted [`CertificateMessage`] encoding: a QC, a slot and a list header.
+pub const MAX_CERTIFICATE_MESSAGE_BYTES: usize = codec::MAX_QC_BYTES + 16;
 
 /// Why bytes from a peer were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,6 +136,34 @@ pub struct VoteMessage {
     pub vote: Vote,
 }
 
+/// A QC as gossiped: the certificate and the slot its sender sent this
+/// copy in. An engine sends its highest QC again while finality stalls
+/// (`consensus::QC_RESEND_SLOTS`); gossipsub drops a message whose bytes it
+/// saw within its duplicate window (about a minute), so without the slot
+/// the resend would never leave the node (see [`EvidenceMessage`], stamped
+/// for the same reason).
+#[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+pub struct CertificateMessage {
+    /// The slot the sender sent this copy in; receivers forward only
+    /// recently stamped copies ([`stamp_is_recent`]).
+    pub slot: u64,
+    /// The certificate.
+    pub qc: QuorumCert,
+}
+
+/// Slots a gossip stamp may lag behind the receiver's clock and still be
+/// forwarded (delivery across a slot boundary, clock skew).
+pub const RECENT_STAMP_SLOTS: u64 = 2;
+
+/// Whether a copy stamped with `stamp` is recent at `current_slot`: at most
+/// [`RECENT_STAMP_SLOTS`] behind and at most one ahead. Receivers forward
+/// only recent copies, so an old message cannot be replayed under ever new
+/// stamps.
+pub fn stamp_is_recent(stamp: u64, current_slot: u64) -> bool {
+    stamp.saturating_add(RECENT_STAMP_SLOTS) >= current_slot
+        && stamp <= current_slot.saturating_add(1)
+}
+
 /// Slashing evidence as gossiped: the proof and the slot its sender sent
 /// this copy in. Gossipsub names a message by the hash of its bytes
 /// ([`super::behaviour::message_id`]) and drops one it has seen within its
@@ -154,14 +184,12 @@ pub struct EvidenceMessage {
 
 impl EvidenceMessage {
     /// Slots a stamp may lag behind the receiver's clock and still be
-    /// forwarded (delivery across a slot boundary, clock skew).
-    pub const RECENT_SLOTS: u64 = 2;
+    /// forwarded ([`RECENT_STAMP_SLOTS`]).
+    pub const RECENT_SLOTS: u64 = RECENT_STAMP_SLOTS;
 
-    /// Whether the stamp is recent at `current_slot`: at most
-    /// [`Self::RECENT_SLOTS`] behind and at most one ahead.
+    /// Whether the stamp is recent at `current_slot` ([`stamp_is_recent`]).
     pub fn is_recent(&self, current_slot: u64) -> bool {
-        self.slot.saturating_add(Self::RECENT_SLOTS) >= current_slot
-            && self.slot <= current_slot.saturating_add(1)
+        stamp_is_recent(self.slot, current_slot)
     }
 }
 
@@ -172,8 +200,8 @@ pub enum GossipMessage {
     Block(Box<Block>),
     /// A vote.
     Vote(VoteMessage),
-    /// A QC.
-    Certificate(QuorumCert),
+    /// A QC, stamped with the slot it was sent in.
+    Certificate(CertificateMessage),
     /// A pending transaction.
     Transaction(Box<SignedTransaction>),
     /// Proof of a slashable offence, stamped with the slot it was sent in.
@@ -197,7 +225,7 @@ impl GossipMessage {
         let rlp = match self {
             GossipMessage::Block(block) => alloy_rlp::encode(block.as_ref()),
             GossipMessage::Vote(vote) => alloy_rlp::encode(vote),
-            GossipMessage::Certificate(qc) => alloy_rlp::encode(qc),
+            GossipMessage::Certificate(message) => alloy_rlp::encode(message),
             GossipMessage::Transaction(tx) => alloy_rlp::encode(tx),
             GossipMessage::Evidence(evidence) => alloy_rlp::encode(evidence),
         };
@@ -214,9 +242,11 @@ impl GossipMessage {
                 &raw,
                 codec::MAX_QC_BYTES,
             )?),
-            Topic::Certificates => {
-                GossipMessage::Certificate(QuorumCert::decode(&raw).map_err(WireError::Decode)?)
-            }
+            Topic::Certificates => GossipMessage::Certificate(codec::decode_exact(
+                "certificate message",
+                &raw,
+                MAX_CERTIFICATE_MESSAGE_BYTES,
+            )?),
             Topic::Transactions => GossipMessage::Transaction(Box::new(codec::decode_exact(
                 "transaction",
                 &raw,
@@ -459,6 +489,38 @@ mod tests {
         });
         for len in 0..rlp.len() {
             assert!(GossipMessage::decode(Topic::Evidence, &compress(&rlp[..len])).is_err());
+        }
+    }
+
+    #[test]
+    fn a_qc_sent_again_in_a_later_slot_is_a_new_gossip_message() {
+        use super::super::behaviour::message_id;
+        let qc = QuorumCert {
+            slot: 7,
+            block_hash: B256::repeat_byte(7),
+            ..QuorumCert::genesis()
+        };
+        let sent_at = |slot| {
+            GossipMessage::Certificate(CertificateMessage {
+                slot,
+                qc: qc.clone(),
+            })
+            .encode()
+        };
+        let first = sent_at(9);
+        let resent = sent_at(9 + crate::consensus::QC_RESEND_SLOTS);
+        assert_ne!(message_id(&first), message_id(&resent));
+        assert_eq!(message_id(&first), message_id(&sent_at(9)));
+        for bytes in [&first, &resent] {
+            match GossipMessage::decode(Topic::Certificates, bytes).unwrap() {
+                GossipMessage::Certificate(message) => assert_eq!(message.qc, qc),
+                other => panic!("decoded {other:?}"),
+            }
+        }
+        // Truncated, it is an error, not a panic.
+        let rlp = alloy_rlp::encode(CertificateMessage { slot: 9, qc });
+        for len in 0..rlp.len() {
+            assert!(GossipMessage::decode(Topic::Certificates, &compress(&rlp[..len])).is_err());
         }
     }
 

@@ -21,7 +21,8 @@ use crate::consensus::{Action, ConsensusConfig, Engine, EvidenceVerdict, Message
 use crate::execution::epoch_position;
 use crate::network::{
     BehaviourConfig, GossipMessage, Network, NetworkConfig, NetworkEvent, PeerStatus, ScoreConfig,
-    SyncRequest, SyncResponse, service::now_ms, wire::EvidenceMessage, wire::VoteMessage,
+    SyncRequest, SyncResponse, service::now_ms, wire::CertificateMessage, wire::EvidenceMessage,
+    wire::VoteMessage, wire::stamp_is_recent,
 };
 use crate::rpc::{BroadcastEvent, Broadcaster, RpcConfig, RpcLimits, RpcState};
 use crate::slashing_protection::{
@@ -493,8 +494,14 @@ impl Node {
                 self.engine.handle_message(Message::Vote { epoch, vote });
                 true
             }
-            GossipMessage::Certificate(qc) => {
-                self.engine.handle_message(Message::Certificate(qc));
+            // A QC under an old stamp is still used, but not forwarded.
+            GossipMessage::Certificate(message) => {
+                let recent = stamp_is_recent(message.slot, self.engine.slot_at(now_ms()));
+                self.engine.handle_message(Message::Certificate(message.qc));
+                if !recent {
+                    self.network.ignore(from, &id);
+                    return;
+                }
                 true
             }
             // A forged or inconsistent proof counts against the sender;
@@ -543,8 +550,12 @@ impl Node {
                     self.network
                         .publish(&GossipMessage::Vote(VoteMessage { epoch, vote }));
                 }
+                // Stamped with the current slot, so that the engine's
+                // resend of its highest QC is a new gossip message.
                 Action::Broadcast(Message::Certificate(qc)) => {
-                    self.network.publish(&GossipMessage::Certificate(qc));
+                    let slot = self.engine.slot_at(now_ms());
+                    self.network
+                        .publish(&GossipMessage::Certificate(CertificateMessage { slot, qc }));
                 }
                 Action::Broadcast(Message::BlockRequest(hash)) => self.request_block(hash),
                 // This node's own proofs and resends go out here, stamped

@@ -82,6 +82,10 @@ pub struct RpcLimits {
     pub max_fee_history: u64,
     /// Priority fee suggested by `eth_maxPriorityFeePerGas` when recent blocks have no tips.
     pub default_priority_fee: u128,
+    /// A client that has not sent a whole request head this long after
+    /// connecting (or after its last answer, on a kept-alive connection)
+    /// is disconnected (slow-loris; hyper's default with a timer: 30 s).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for RpcLimits {
@@ -102,6 +106,7 @@ impl Default for RpcLimits {
             max_epoch_updates: 64,
             max_fee_history: 1_024,
             default_priority_fee: 1_000_000_000,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }

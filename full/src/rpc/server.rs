@@ -7,7 +7,9 @@
 //! beyond `max_connections` gets HTTP 503 and is closed; WebSocket messages
 //! over `max_ws_message_bytes` close the connection; each WebSocket client
 //! has a send queue of `ws_send_queue` messages and is disconnected when it
-//! is full (a client that does not read never slows the others).
+//! is full (a client that does not read never slows the others); a client
+//! that does not finish a request head within `header_read_timeout` is
+//! disconnected (slow-loris).
 
 use super::jsonrpc::{self, Transport};
 use super::metrics::{self, Metrics};
@@ -108,9 +110,8 @@ pub async fn serve(config: RpcConfig, state: RpcState) -> Result<RpcHandle, RpcE
     }
     if let Some(listener) = metrics {
         let router = metrics_router(state.clone());
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        }));
+        let timeout = state.limits.header_read_timeout;
+        tasks.push(tokio::spawn(serve_http(listener, router, timeout)));
     }
     tasks.push(spawn_filter_sweeper(&state));
     Ok(RpcHandle {
@@ -149,7 +150,8 @@ impl WebSocketServer {
             .map_err(|e| RpcError::InvalidRequest(format!("listening address {addr:?}: {e}")))?;
         let listener = bind(parsed).await?;
         let limited = LimitedListener::new(listener, &self.state);
-        let _ = axum::serve(limited, rpc_router(self.state.clone())).await;
+        let timeout = self.state.limits.header_read_timeout;
+        serve_http(limited, rpc_router(self.state.clone()), timeout).await;
         Ok(())
     }
 }
@@ -181,9 +183,36 @@ fn local(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, RpcErro
 
 fn spawn_server(listener: TcpListener, router: Router, state: &RpcState) -> JoinHandle<()> {
     let limited = LimitedListener::new(listener, state);
-    tokio::spawn(async move {
-        let _ = axum::serve(limited, router).await;
-    })
+    tokio::spawn(serve_http(
+        limited,
+        router,
+        state.limits.header_read_timeout,
+    ))
+}
+
+/// Accepts connections and serves each with hyper (HTTP/1.1, keep-alive,
+/// upgrades for WebSocket). Unlike `axum::serve`, it gives hyper a timer,
+/// so that a client that does not finish its request head within
+/// `header_read_timeout` is disconnected instead of holding its
+/// connection (and one of `max_connections`) for ever.
+async fn serve_http<L>(mut listener: L, router: Router, header_read_timeout: std::time::Duration)
+where
+    L: axum::serve::Listener,
+    L::Io: Unpin,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let (io, _) = listener.accept().await;
+        let service = service.clone();
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades()
+                .await;
+        });
+    }
 }
 
 /// Removes expired polling filters every few seconds (they also expire on access).
