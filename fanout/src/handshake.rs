@@ -26,6 +26,9 @@ pub enum Refused {
     /// `Sec-WebSocket-Key` is missing.
     #[error("Sec-WebSocket-Key is missing")]
     MissingKey,
+    /// `Sec-WebSocket-Key` is not the base64 of 16 bytes (RFC 6455 section 4.1).
+    #[error("Sec-WebSocket-Key is not the base64 of 16 bytes")]
+    BadKey,
     /// The server cannot hand over this connection (not HTTP/1.1).
     #[error("this connection cannot be upgraded (HTTP/1.1 only)")]
     NotUpgradable,
@@ -83,8 +86,17 @@ pub fn accept(method: &Method, headers: &HeaderMap) -> Result<String, Refused> {
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or(Refused::MissingKey)?;
-    Ok(accept_key(key.as_bytes()))
+        .ok_or(Refused::MissingKey)?
+        .as_bytes()
+        .trim_ascii();
+    // 16 bytes are 24 base64 characters, padding included.
+    let nonce = (key.len() == 24)
+        .then(|| data_encoding::BASE64.decode(key).ok())
+        .flatten();
+    if nonce.is_none_or(|nonce| nonce.len() != 16) {
+        return Err(Refused::BadKey);
+    }
+    Ok(accept_key(key))
 }
 
 /// `base64(sha1(key + GUID))` (RFC 6455 section 4.2.2).
@@ -149,6 +161,21 @@ mod tests {
         let mut plain = good.clone();
         plain.remove(header::UPGRADE);
         assert_eq!(accept(&Method::GET, &plain), Err(Refused::NotAnUpgrade));
+        let mut bad_key = good.clone();
+        for key in [
+            "",
+            "c2hvcnQ=",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=*",
+            "dGhlIHNhbXBsZSBub25jZSE=",
+        ] {
+            bad_key.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static(key));
+            assert_eq!(
+                accept(&Method::GET, &bad_key),
+                Err(Refused::BadKey),
+                "{key:?}"
+            );
+        }
         let mut keyless = good;
         keyless.remove(header::SEC_WEBSOCKET_KEY);
         assert_eq!(accept(&Method::GET, &keyless), Err(Refused::MissingKey));
