@@ -532,6 +532,7 @@ async fn websocket(stream: Upgraded, proxy: Arc<Proxy>, client: IpAddr) {
         proxy,
         client,
         subs: HashMap::new(),
+        pending_subs: HashMap::new(),
         answers,
         answers_tx,
     };
@@ -544,9 +545,21 @@ struct Session {
     client: IpAddr,
     /// The subscriptions, each with the prefix of its notifications.
     subs: HashMap<String, (Sub, Bytes)>,
+    /// Subscriptions made in a batch whose answer (which gives the client
+    /// their ids) is still being computed: they join `subs`, and get
+    /// notifications, only once that answer is queued.
+    pending_subs: HashMap<String, (Sub, Bytes)>,
     /// Answers of calls that run on tasks of their own.
-    answers: mpsc::Receiver<String>,
-    answers_tx: mpsc::Sender<String>,
+    answers: mpsc::Receiver<Answer>,
+    answers_tx: mpsc::Sender<Answer>,
+}
+
+/// An answer computed on a task of its own.
+struct Answer {
+    /// The text to send, if any (a batch of notifications has none).
+    text: Option<String>,
+    /// Pending subscriptions that this answer names: live once it is queued.
+    activates: Vec<String>,
 }
 
 impl Handler for Session {
@@ -564,12 +577,14 @@ impl Handler for Session {
         let mut immediate = Vec::new();
         let mut rest = Vec::new();
         let mut follow_ups = Vec::new();
+        let mut new_subs = Vec::new();
         for call in calls {
             match call {
                 Parsed::Call { id, method, params } if method == "eth_subscribe" => {
                     let answer = match parse_sub(&params) {
                         Ok(_)
-                            if self.subs.len() >= proxy.config.max_subscriptions_per_connection =>
+                            if self.subs.len() + self.pending_subs.len() + new_subs.len()
+                                >= proxy.config.max_subscriptions_per_connection =>
                         {
                             Err(RpcFailure::new(
                                 -32005,
@@ -589,7 +604,7 @@ impl Handler for Session {
                             }
                             proxy.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
                             let prefix = luxtensor_fanout::notification::prefix(&sid);
-                            self.subs.insert(sid.clone(), (sub, prefix));
+                            new_subs.push((sid.clone(), (sub, prefix)));
                             Ok((format!("\"{sid}\"").into(), rpc::Trust::Verified))
                         }
                         Err(e) => Err(e),
@@ -623,6 +638,7 @@ impl Handler for Session {
             }
         }
         if rest.is_empty() {
+            self.subs.extend(new_subs);
             if let Some(text) = rpc::join(batch, immediate) {
                 out.text(text)?;
             }
@@ -631,6 +647,10 @@ impl Handler for Session {
             }
             return Ok(());
         }
+        // The new subscriptions' ids go out with the rest of the batch:
+        // no notification may come before them.
+        let activates = new_subs.iter().map(|(sid, _)| sid.clone()).collect();
+        self.pending_subs.extend(new_subs);
         let answers = self.answers_tx.clone();
         tokio::spawn(async move {
             let computed = futures::future::join_all(rest.into_iter().map(|call| {
@@ -647,8 +667,16 @@ impl Handler for Session {
             }))
             .await;
             immediate.extend(computed.into_iter().flatten());
-            for text in rpc::join(batch, immediate).into_iter().chain(follow_ups) {
-                if answers.send(text).await.is_err() {
+            let answer = Answer {
+                text: rpc::join(batch, immediate),
+                activates,
+            };
+            let follow_ups = follow_ups.into_iter().map(|text| Answer {
+                text: Some(text),
+                activates: Vec::new(),
+            });
+            for answer in std::iter::once(answer).chain(follow_ups) {
+                if answers.send(answer).await.is_err() {
                     break;
                 }
             }
@@ -658,8 +686,15 @@ impl Handler for Session {
 
     fn poll_answers(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> Poll<Result<(), End>> {
         let mut any = false;
-        while let Poll::Ready(Some(text)) = self.answers.poll_recv(cx) {
-            out.text(text)?;
+        while let Poll::Ready(Some(answer)) = self.answers.poll_recv(cx) {
+            if let Some(text) = answer.text {
+                out.text(text)?;
+            }
+            for sid in answer.activates {
+                if let Some(sub) = self.pending_subs.remove(&sid) {
+                    self.subs.insert(sid, sub);
+                }
+            }
             any = true;
         }
         if any {
@@ -684,15 +719,12 @@ impl Handler for Session {
         if end == End::Slow {
             counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
         }
-        let logs = self
-            .subs
-            .values()
-            .filter(|(s, _)| matches!(s, Sub::Logs(_)))
-            .count();
+        let all = || self.subs.values().chain(self.pending_subs.values());
+        let logs = all().filter(|(s, _)| matches!(s, Sub::Logs(_))).count();
         counters.log_watchers.fetch_sub(logs, Ordering::Relaxed);
         counters
             .subscriptions
-            .fetch_sub(self.subs.len(), Ordering::Relaxed);
+            .fetch_sub(all().count(), Ordering::Relaxed);
         counters.ws_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
