@@ -73,7 +73,8 @@ struct RunArgs {
     /// Most connected peers.
     #[arg(long, env = "LUXTENSOR_MAX_PEERS")]
     max_peers: Option<u32>,
-    /// Test only: misbehave when serving sync (corrupt-bodies, silent, empty).
+    /// Test only: misbehave when serving sync (corrupt-bodies, silent, empty)
+    /// or when voting (double-vote).
     #[arg(long, hide = true)]
     #[serde(skip)]
     test_byzantine: Option<String>,
@@ -235,6 +236,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         Some("corrupt-bodies") => Some(ByzantineServing::CorruptBodies),
         Some("silent") => Some(ByzantineServing::Silent),
         Some("empty") => Some(ByzantineServing::Empty),
+        Some("double-vote") => Some(ByzantineServing::DoubleVote),
         Some(other) => return Err(format!("--test-byzantine {other}: unknown mode")),
     };
     let serve_throttle = args

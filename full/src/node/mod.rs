@@ -34,7 +34,7 @@ use alloy_primitives::B256;
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use luxtensor_light::Header;
-use luxtensor_light::{Block, BlsSecretKey, ChainSpec};
+use luxtensor_light::{Block, BlsSecretKey, ChainSpec, Vote};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -60,14 +60,14 @@ pub struct NodeConfig {
     pub rpc: Option<RpcConfig>,
     /// RPC limits.
     pub rpc_limits: RpcLimits,
-    /// Test-only misbehaviour when serving sync requests.
+    /// Test-only misbehaviour (serving sync requests, or voting).
     pub byzantine: Option<ByzantineServing>,
     /// Test-only slow link for the answers this node serves (benchmarks).
     pub serve_throttle: Option<Throttle>,
 }
 
-/// How a deliberately broken node answers sync requests (for tests of peer
-/// scoring; never set in production).
+/// How a deliberately broken node answers sync requests or votes (for
+/// tests of peer scoring and of slashing; never set in production).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ByzantineServing {
     /// Blocks whose transactions do not match their headers.
@@ -76,6 +76,10 @@ pub enum ByzantineServing {
     Silent,
     /// Answers with empty ranges.
     Empty,
+    /// A validator that, with every vote, also signs and sends a vote for
+    /// another block in the same slot: a slashable double vote, past its
+    /// own slashing protection.
+    DoubleVote,
 }
 
 /// Why the node stopped with an error.
@@ -547,6 +551,18 @@ impl Node {
                     self.network.publish(&GossipMessage::Block(block));
                 }
                 Action::Broadcast(Message::Vote { epoch, vote }) => {
+                    if let (Some(ByzantineServing::DoubleVote), Some(key)) =
+                        (self.config.byzantine, &self.config.validator_key)
+                    {
+                        let other = alloy_primitives::keccak256(vote.block_hash);
+                        let chain_id = self.config.spec.chain_id;
+                        let second =
+                            Vote::sign(key, chain_id, vote.slot, other, vote.validator_index);
+                        self.network.publish(&GossipMessage::Vote(VoteMessage {
+                            epoch,
+                            vote: second,
+                        }));
+                    }
                     self.network
                         .publish(&GossipMessage::Vote(VoteMessage { epoch, vote }));
                 }

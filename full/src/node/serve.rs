@@ -91,7 +91,7 @@ pub fn corrupt(mode: ByzantineServing, blocks: &mut Vec<Block>) {
             }
         }
         ByzantineServing::Empty => blocks.clear(),
-        ByzantineServing::Silent => {}
+        ByzantineServing::Silent | ByzantineServing::DoubleVote => {}
     }
 }
 
