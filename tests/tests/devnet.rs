@@ -440,44 +440,44 @@ async fn devnet_a_double_voting_validator_is_slashed_and_ejected() {
         .collect();
     let mut rpc = HttpClient::connect(nodes[0].http.unwrap()).await;
 
-    // Ejected from the first set not yet fixed when it was slashed: the
-    // offence is in epoch 0 (it double-votes from slot 1 on), so set(2).
-    let offender =
-        Bytes::copy_from_slice(devnet_validator_key(3).public_key().as_slice()).to_string();
-    let mut epoch = 1;
-    let ejected = wait_for(
-        "validator 3's ejection",
+    // The first finalized block that carries evidence slashes validator 3.
+    let empty = format!("{}", luxtensor_light::block::evidence_hash(&[]));
+    let mut scanned = 0;
+    let carrying = wait_for(
+        "a block carrying the evidence",
         Duration::from_secs(60),
         async || {
-            let keys = set_keys(&mut rpc, epoch).await?;
-            assert_eq!(keys.len(), 4 - usize::from(!keys.contains(&offender)));
-            if !keys.contains(&offender) {
-                return Some(epoch);
+            let head = block_number(&mut rpc).await;
+            while scanned < head {
+                scanned += 1;
+                let block = rpc
+                    .result(
+                        "eth_getBlockByNumber",
+                        json!([format!("{scanned:#x}"), false]),
+                    )
+                    .await;
+                if block["evidenceHash"] != json!(empty) {
+                    return Some(block);
+                }
             }
-            epoch += 1;
             None
         },
     )
     .await;
-    assert_eq!(ejected, 2, "{}", nodes[0].log_text());
-
-    // The proof is in a finalized block of epoch 0 or 1.
-    let empty = format!("{}", luxtensor_light::block::evidence_hash(&[]));
-    let mut carrying = None;
-    for number in 1..=block_number(&mut rpc).await {
-        let block = rpc
-            .result(
-                "eth_getBlockByNumber",
-                json!([format!("{number:#x}"), false]),
-            )
-            .await;
-        if block["evidenceHash"] != json!(empty) {
-            carrying = Some(block);
-            break;
-        }
-    }
-    let carrying = carrying.expect("a block carries the evidence");
-    assert!(hex_u64(&carrying["epoch"]) < ejected, "{carrying}");
+    // It is out of the first set not yet fixed then: set(e + 2) for a
+    // block of epoch e; set(e + 1) was fixed before and keeps it.
+    let slashed_in = hex_u64(&carrying["epoch"]);
+    let offender =
+        Bytes::copy_from_slice(devnet_validator_key(3).public_key().as_slice()).to_string();
+    let ejected = slashed_in + 2;
+    let keys = wait_for("set(e + 2)", Duration::from_secs(60), async || {
+        set_keys(&mut rpc, ejected).await
+    })
+    .await;
+    assert!(!keys.contains(&offender), "{keys:?}");
+    assert_eq!(keys.len(), 3);
+    let kept = set_keys(&mut rpc, slashed_in + 1).await.unwrap();
+    assert!(kept.contains(&offender), "{kept:?}");
 
     // The other three finalize on.
     wait_for(

@@ -229,8 +229,9 @@ impl<Id: Copy + Eq + std::hash::Hash + std::fmt::Debug> SyncManager<Id> {
 
     /// Who to ask for headers from `next` on: among the peers whose chain
     /// reaches it, the one that failed to serve headers least often, then the
-    /// least loaded (header and body requests in flight: a peer serves its
-    /// requests one after another), then the one with the longest chain.
+    /// least loaded (header and body requests in flight, including those
+    /// from before a reset: a peer serves its requests one after another),
+    /// then the one with the longest chain.
     fn header_peer(&self, next: u64) -> Option<(PeerId, u64)> {
         self.peers
             .iter()
@@ -242,7 +243,7 @@ impl<Id: Copy + Eq + std::hash::Hash + std::fmt::Debug> SyncManager<Id> {
                     .values()
                     .filter(|(p, _)| p == *peer)
                     .count();
-                let load = headers + self.protocol.peer_in_flight(peer);
+                let load = headers + self.protocol.peer_in_flight(peer) + self.stale_ahead(peer);
                 (failures, load, std::cmp::Reverse(**best), **peer)
             })
             .map(|(p, b)| (*p, *b))
@@ -358,14 +359,25 @@ impl<Id: Copy + Eq + std::hash::Hash + std::fmt::Debug> SyncManager<Id> {
             .header_requests
             .values()
             .filter(|(p, _)| p == peer)
-            .count() as u32;
-        if pages_ahead == 0 && self.protocol.peer_in_flight(peer) == 0 {
+            .count();
+        let ahead = (pages_ahead + self.stale_ahead(peer)) as u32;
+        if ahead == 0 && self.protocol.peer_in_flight(peer) == 0 {
             return HEADER_REQUEST_TIMEOUT_MS;
         }
         self.protocol
-            .peer_timeout_ms(peer, BLOCKS_PER_BATCH.saturating_mul(pages_ahead + 1))
+            .peer_timeout_ms(peer, BLOCKS_PER_BATCH.saturating_mul(ahead + 1))
             .unwrap_or(self.config.request_timeout_ms)
             .max(HEADER_REQUEST_TIMEOUT_MS)
+    }
+
+    /// Requests from before the last reset that `peer` may still be
+    /// serving (not answered, failed or expired yet): work it does before
+    /// any new one.
+    fn stale_ahead(&self, peer: &PeerId) -> usize {
+        self.requests
+            .values()
+            .filter(|r| r.peer == *peer && r.stale && !r.expired)
+            .count()
     }
 
     /// Judges the requests whose deadline has passed. A header range goes
@@ -550,6 +562,15 @@ impl<Id: Copy + Eq + std::hash::Hash + std::fmt::Debug> SyncManager<Id> {
     pub fn penalties(&mut self) -> Vec<(PeerId, Misbehaviour)> {
         let mut out = std::mem::take(&mut self.due_penalties);
         while let Some(event) = self.protocol.poll_event() {
+            // A hedge's twin answered first: the scheduler wrote this one
+            // off, so its deadline no longer counts (nor its answer).
+            if let SyncEvent::Cancel { id, .. } = event {
+                if let Some(request) = self.requests.values_mut().find(|r| r.tag == Tag::Batch(id))
+                {
+                    request.expired = true;
+                }
+                continue;
+            }
             if let SyncEvent::Penalize { peer, reason } = event {
                 tracing::debug!(%peer, %reason, "sync peer penalised");
                 let why = match reason {
@@ -817,6 +838,28 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_still_serving_requests_from_before_a_reset_gets_the_longer_header_timeout() {
+        let blocks = chain(0, 201);
+        let mut sync = SyncManager::<u32>::new();
+        let peer = PeerId::random();
+        sync.update_peer(peer, 200);
+        let head = &blocks[0].header.header;
+        send(&mut sync, head, 0, 1);
+        assert_eq!(sync.outcome(head, false), SyncOutcome::Started);
+        let end = &blocks[200].header.header;
+        assert_eq!(sync.outcome(end, false), SyncOutcome::CaughtUp);
+        // The peer moves on; a new sync starts while its two old pages are out.
+        sync.update_peer(peer, 400);
+        let again = send(&mut sync, end, 1_000, 10);
+        let (_, next) = again
+            .iter()
+            .find(|(_, o)| o.tag == Tag::Headers(201))
+            .expect("headers from 201 asked for");
+        let unmeasured = SyncConfig::default().request_timeout_ms;
+        assert_eq!(next.deadline_ms, 1_000 + unmeasured);
+    }
+
+    #[test]
     fn a_request_in_flight_when_the_sync_ends_is_still_judged_at_its_deadline() {
         let blocks = chain(0, 201);
         let (mut sync, _, sent) = started(&blocks);
@@ -844,6 +887,49 @@ mod tests {
         // Judged once only.
         assert!(send(&mut sync, end, 60_000, 30).is_empty());
         assert!(sync.penalties().is_empty());
+    }
+
+    #[test]
+    fn a_hedged_batch_whose_twin_answered_first_costs_its_peer_nothing_later() {
+        let blocks = chain(0, 65);
+        let head = &blocks[0].header.header;
+        let (mut sync, _, sent) = started(&blocks);
+        let (id, by) = header_request(&sent, 1).unwrap();
+        let page = SyncResponse::Headers(blocks[1..].iter().map(|b| b.header.clone()).collect());
+        assert!(sync.on_response(by, id, page, 10).is_empty());
+        // Two unmeasured peers, a batch each; the second answers at once.
+        let batches = send(&mut sync, head, 10, 10);
+        assert_eq!(batches.len(), 2);
+        let answer = |o: &Outgoing| {
+            let SyncRequest::BlocksByRange { start, count } = o.request else {
+                panic!("{:?}", o.request)
+            };
+            SyncResponse::Blocks(blocks[start as usize..(start + count) as usize].to_vec())
+        };
+        let (slow_id, slow) = &batches[0];
+        let (fast_id, fast) = &batches[1];
+        assert!(
+            sync.on_response(fast.peer, *fast_id, answer(fast), 60)
+                .is_empty()
+        );
+        // The slow one is hedged to the fast peer, which answers it (and
+        // the batches that follow) first.
+        let later = send(&mut sync, head, 1_010, 20);
+        assert!(
+            later.iter().any(|(_, o)| o.request == slow.request),
+            "a hedge of the slow batch: {later:?}"
+        );
+        for (id, o) in &later {
+            assert_eq!(o.peer, fast.peer);
+            assert!(sync.on_response(o.peer, *id, answer(o), 1_050).is_empty());
+        }
+        // The sync ends; the written-off original never answers.
+        let end = &blocks[64].header.header;
+        assert_eq!(sync.outcome(end, false), SyncOutcome::CaughtUp);
+        send(&mut sync, end, slow.deadline_ms + 1, 30);
+        let due = sync.penalties();
+        assert!(due.is_empty(), "the slow peer is not penalised: {due:?}");
+        assert_eq!(sync.on_failure(slow.peer, *slow_id, true), None);
     }
 
     #[test]

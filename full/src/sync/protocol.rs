@@ -951,7 +951,23 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             .flatten();
         let hedge = hedge.and_then(|(_, request)| {
             let (early, late) = self.hedge_times(request);
-            [early, late].into_iter().filter(|t| *t > now_ms).min()
+            // An unmeasured holder is late as soon as a measured peer could
+            // have served its batch `hedge_factor` times over.
+            let sooner = match request.expected_ms {
+                None => self
+                    .hedge_candidate(request)
+                    .and_then(|(_, expected)| expected)
+                    .map(|cand| {
+                        let due = cand.saturating_mul(self.config.hedge_factor);
+                        early.max(request.sent_ms.saturating_add(due))
+                    }),
+                Some(_) => None,
+            };
+            [Some(early), Some(late), sooner]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > now_ms)
+                .min()
         });
         deadline.into_iter().chain(hedge).min()
     }
@@ -1231,6 +1247,27 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
         (early, early.max(request.sent_ms.saturating_add(patience)))
     }
 
+    /// The peer a hedge of `request` would go to, with its expected time
+    /// for the batch: an eligible peer other than the holder with room, the
+    /// fastest first (unmeasured ones last), then the lowest id.
+    fn hedge_candidate(&self, request: &Request<P>) -> Option<(P, Option<u64>)> {
+        let start = request.start.max(self.base);
+        let entry = self.entry(start);
+        self.peers
+            .iter()
+            .filter(|(peer, state)| {
+                **peer != request.peer
+                    && state.in_flight < self.config.max_parallel_downloads
+                    && self.eligible(peer, state, start, entry)
+            })
+            .map(|(peer, state)| (peer, state.expected_ms(request.count)))
+            .min_by(|(a, ea), (b, eb)| {
+                let key = |e: &Option<u64>| e.unwrap_or(u64::MAX);
+                key(ea).cmp(&key(eb)).then_with(|| a.cmp(b))
+            })
+            .map(|(peer, expected)| (peer.clone(), expected))
+    }
+
     /// Hedges the oldest batch to a second peer if it is late: in flight
     /// `hedge_factor` times its expected time (half its timeout for an
     /// unmeasured peer), or at least `hedge_delay_ms` while an idle peer is
@@ -1244,20 +1281,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
             return None;
         }
         let start = request.start.max(self.base);
-        let entry = self.entry(start);
-        let (peer, cand_expected) = self
-            .peers
-            .iter()
-            .filter(|(peer, state)| {
-                **peer != request.peer
-                    && state.in_flight < self.config.max_parallel_downloads
-                    && self.eligible(peer, state, start, entry)
-            })
-            .map(|(peer, state)| (peer, state.expected_ms(request.count)))
-            .min_by(|(a, ea), (b, eb)| {
-                let key = |e: &Option<u64>| e.unwrap_or(u64::MAX);
-                key(ea).cmp(&key(eb)).then_with(|| a.cmp(b))
-            })?;
+        let (peer, cand_expected) = self.hedge_candidate(request)?;
         let sooner = match (cand_expected, request.expected_ms) {
             (Some(cand), Some(holder)) => {
                 now_ms.saturating_add(cand) < request.sent_ms.saturating_add(holder)
@@ -1276,7 +1300,6 @@ impl<P: Clone + Eq + Hash + Ord + Debug> SyncProtocol<P> {
         if now_ms < late && !sooner {
             return None;
         }
-        let peer = peer.clone();
         let end = request.range().end;
         let limit = self.batch_limit(&peer);
         let count = self.extend_run(&peer, start, limit, end, |slot| {

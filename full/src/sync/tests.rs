@@ -538,6 +538,28 @@ fn a_late_oldest_range_is_hedged_and_the_first_answer_wins() {
 }
 
 #[test]
+fn the_wakeup_is_when_a_measured_peer_could_have_served_an_unmeasured_holders_batch_twice() {
+    let blocks = chain(0, 256);
+    let config = SyncConfig {
+        max_parallel_downloads: 1,
+        ..SyncConfig::default()
+    };
+    let mut sync = scheduler(config, &blocks, &[(1, 256), (2, 256)]);
+    let (p1, held) = sync.next_request(0).unwrap();
+    let (p2, fast) = sync.next_request(0).unwrap();
+    assert_eq!((p1, p2), (1, 2));
+    // Peer 2 serves 128 blocks in 1 s: peer 1's batch is late at about 2 s,
+    // long after the hedge delay (1 s) and long before half its timeout.
+    sync.handle_response(&2, fast.id, answer(&blocks, &fast), 1_000)
+        .unwrap();
+    let wakeup = sync.next_wakeup_ms(1_500).unwrap();
+    assert!((1_900..=2_100).contains(&wakeup), "{wakeup}");
+    assert_eq!(sync.next_request(wakeup - 1), None);
+    let (p, hedge) = sync.next_request(wakeup).unwrap();
+    assert_eq!((p, hedge.start), (2, held.start));
+}
+
+#[test]
 fn with_no_measured_peer_to_compare_an_unmeasured_batch_is_late_at_half_its_timeout() {
     let blocks = chain(0, 256);
     let config = SyncConfig {
