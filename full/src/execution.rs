@@ -1430,16 +1430,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn evidence_is_admissible_for_evidence_epochs_after_its_epoch() {
-        let id = chain().spec.chain_id;
-        let vote =
-            |hash: B256| luxtensor_light::Vote::sign(&devnet_validator_key(2), id, 3, hash, 2);
-        let evidence = Evidence::DoubleVote(Box::new(luxtensor_light::evidence::DoubleVote {
+    /// Validator 2's two votes in slot 3 of epoch 0, for blocks 0x01… and 0x02….
+    fn double_vote_of_validator_2(chain_id: u64) -> Evidence {
+        let vote = |hash: B256| {
+            luxtensor_light::Vote::sign(&devnet_validator_key(2), chain_id, 3, hash, 2)
+        };
+        Evidence::DoubleVote(Box::new(luxtensor_light::evidence::DoubleVote {
             epoch: 0,
             first: vote(B256::repeat_byte(1)),
             second: vote(B256::repeat_byte(2)),
-        }));
+        }))
+    }
+
+    #[test]
+    fn evidence_is_admissible_for_evidence_epochs_after_its_epoch() {
+        let id = chain().spec.chain_id;
+        let evidence = double_vote_of_validator_2(id);
         let at_epoch = |epoch: u64| {
             let mut c = chain();
             for e in 1..=epoch {
@@ -1461,13 +1467,7 @@ mod tests {
         let mut c = chain();
         let id = c.spec.chain_id;
         let set = c.set.clone();
-        let vote =
-            |hash: B256| luxtensor_light::Vote::sign(&devnet_validator_key(2), id, 3, hash, 2);
-        let evidence = Evidence::DoubleVote(Box::new(luxtensor_light::evidence::DoubleVote {
-            epoch: 0,
-            first: vote(B256::repeat_byte(1)),
-            second: vote(B256::repeat_byte(2)),
-        }));
+        let evidence = double_vote_of_validator_2(id);
         c.state.begin_block();
         let log = apply_evidence(&mut c.state, &evidence, id, None).unwrap();
         let slashed = IStaking::ValidatorSlashed::decode_log_data(&log.data).unwrap();
@@ -1480,6 +1480,8 @@ mod tests {
         );
         assert!(!err.is_fault(), "an honest peer may gossip it late");
         // The epoch is not signed: evidence may not claim one after its slot's.
+        let vote =
+            |hash: B256| luxtensor_light::Vote::sign(&devnet_validator_key(2), id, 3, hash, 2);
         let relabelled = Evidence::DoubleVote(Box::new(luxtensor_light::evidence::DoubleVote {
             epoch: 1,
             first: vote(B256::repeat_byte(3)),

@@ -371,6 +371,8 @@ async fn a_stalled_upstream_does_not_hang_requests() {
         .map(|i| {
             let (addr, batch) = (second.bound.rpc, batch.clone());
             tokio::spawn(async move {
+                // A spread, not a wait for an event: the batches must be
+                // in flight at unknown moments across several heads.
                 tokio::time::sleep(Duration::from_millis(60 * i)).await;
                 let mut ws = WsClient::connect(addr).await;
                 ws.send_text(&batch).await;
